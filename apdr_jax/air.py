@@ -1,0 +1,354 @@
+"""AIR: the static-scene model of notes §2-3 (with DESIGN §3).
+
+Everything here is a pure function of `(params, inputs, rng)`; the networks live
+in `AIRNetworks` and are called through `AIRNetworks.apply`. A scene has up to
+`N` object slots; slot `i` holds `z_where [3]`, `z_what [D]` and a presence bit.
+Inference is a `lax.scan` over slots: once a presence bit is 0 every later slot
+is inactive (masked), and its log-probabilities, rendering and gradients are 0.
+
+The per-slot log-probability terms are returned separately (not only summed) so
+that the objectives can give each presence decision the credit of just the terms
+it influences (DESIGN §3.4), and so that APDR's discovery can reuse `infer`
+with at most `N - k_t` steps and a conditioning context.
+"""
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from apdr_jax import distributions as dist
+from apdr_jax import glimpse
+from apdr_jax import networks
+
+
+@dataclasses.dataclass(frozen=True)
+class AIRConfig:
+  """Architecture and prior of AIR (DESIGN §4 for the usual values)."""
+  canvas_size: int = 50
+  num_slots: int = 3
+  glimpse_size: int = 20
+  z_what_dim: int = 50
+  lstm_size: int = 256
+  mlp_size: int = 200
+  likelihood_std: float = 0.3
+  scale_prior_mean: float = 2.5
+  scale_prior_std: float = 0.3
+  shift_prior_std: float = 1.0
+  presence_init: float = 0.5
+  where_scale_init: float = 0.1
+  decoder_bias: float = -2.0
+  context_dim: int = 0
+  extract_method: str = "gather"
+  render_method: str = "separable"
+
+  @property
+  def latent_dim(self) -> int:
+    """Size of one slot's latents fed back to the LSTM: where, what, presence."""
+    return 3 + self.z_what_dim + 1
+
+
+def _inverse_softplus(y: float) -> float:
+  return math.log(math.expm1(y))
+
+
+class AIRNetworks(nn.Module):
+  """All of AIR's networks. Call its methods through `apply(..., method=...)`."""
+  config: AIRConfig
+
+  def setup(self):
+    c = self.config
+    self.rnn = networks.InferenceLSTM(c.lstm_size)
+    p = c.presence_init
+    self.presence_head = nn.Dense(
+        1, kernel_init=nn.initializers.variance_scaling(
+            0.01, "fan_in", "truncated_normal"),
+        bias_init=nn.initializers.constant(math.log(p / (1.0 - p))))
+    self.where_head = networks.GaussianHead(
+        3, scale_bias=_inverse_softplus(c.where_scale_init))
+    self.what_encoder = networks.GaussianHead(
+        c.z_what_dim, hidden_sizes=(c.mlp_size,), scale_bias=0.0)
+    self.decoder = networks.MLP((c.mlp_size,), c.glimpse_size ** 2,
+                                output_bias_init=c.decoder_bias)
+    self.baseline = networks.MLP((c.mlp_size,), 1)
+
+  def image_gates(self, images):
+    """`[batch, H, W] -> [batch, 4*lstm]`, computed once per image."""
+    return self.rnn.image_gates(images.reshape(images.shape[0], -1))
+
+  def initial_state(self, batch_size):
+    return self.rnn.initial_state(batch_size)
+
+  def rnn_step(self, image_gates, latents, state):
+    return self.rnn.step(image_gates, latents, state)
+
+  def heads(self, hidden):
+    """Presence probability `[batch]` and `z_where` (loc, scale) `[batch, 3]`."""
+    prob = jax.nn.sigmoid(self.presence_head(hidden)[:, 0])
+    offset = jnp.array([self.config.scale_prior_mean, 0.0, 0.0])
+    return prob, self.where_head(hidden, offset)
+
+  def encode(self, glimpses_flat):
+    """`[batch, g*g] -> z_what (loc, scale)`, each `[batch, D]`."""
+    return self.what_encoder(glimpses_flat)
+
+  def decode(self, z_what):
+    """`[..., D] -> [..., g, g]` glimpse intensities in (0, 1)."""
+    g = self.config.glimpse_size
+    logits = self.decoder(z_what)
+    return jax.nn.sigmoid(logits).reshape(z_what.shape[:-1] + (g, g))
+
+  def baseline_value(self, hidden):
+    """NVIL's input-dependent baseline for one presence decision, `[batch]`."""
+    return self.baseline(jax.lax.stop_gradient(hidden))[:, 0]
+
+  def __call__(self, images):
+    """Touches every network once (used only by `init`)."""
+    c = self.config
+    batch = images.shape[0]
+    state = self.initial_state(batch)
+    latents = jnp.zeros((batch, c.latent_dim + c.context_dim))
+    state = self.rnn_step(self.image_gates(images), latents, state)
+    self.heads(state.hidden)
+    self.baseline_value(state.hidden)
+    self.encode(jnp.zeros((batch, c.glimpse_size ** 2)))
+    return self.decode(jnp.zeros((batch, c.z_what_dim)))
+
+
+def init_params(config: AIRConfig, rng: jax.Array):
+  """Initial parameters (a pytree) of `AIRNetworks(config)`."""
+  images = jnp.zeros((1, config.canvas_size, config.canvas_size))
+  return AIRNetworks(config).init(rng, images)["params"]
+
+
+def _call(config, params, method, *args):
+  return AIRNetworks(config).apply({"params": params}, *args, method=method)
+
+
+class Slots(NamedTuple):
+  """Per-slot latents and their posterior log-probabilities.
+
+  Attributes:
+    z_where: `[batch, N, 3]` as `(s, x, y)`.
+    z_what: `[batch, N, D]`.
+    presence: `[batch, N]` in {0, 1}; 0 after the first 0.
+    active: `[batch, N]`, 1 where a presence decision was taken (the previous
+      slot was present and the step is within `max_steps`).
+    presence_prob: `[batch, N]`, q's probability of presence.
+    log_q_presence: `[batch, N]`, log q of the presence decision (0 if inactive).
+    log_q_z: `[batch, N]`, log q of `z_where` and `z_what` (0 if absent).
+    hidden: `[batch, N, lstm]`, the inference LSTM output that produced the slot.
+    final_state: the LSTM state after the last step.
+  """
+  z_where: jax.Array
+  z_what: jax.Array
+  presence: jax.Array
+  active: jax.Array
+  presence_prob: jax.Array
+  log_q_presence: jax.Array
+  log_q_z: jax.Array
+  hidden: jax.Array
+  final_state: networks.LSTMState
+
+
+def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
+          image_gates: jax.Array | None = None,
+          initial_state: networks.LSTMState | None = None,
+          context: jax.Array | None = None,
+          max_steps: jax.Array | None = None,
+          deterministic: bool = False) -> Slots:
+  """Samples the slots from q(z, n | x) with a masked scan over `N` steps.
+
+  Args:
+    config: the architecture.
+    params: `AIRNetworks` parameters.
+    images: `[batch, H, W]` in [0, 1].
+    rng: one key; split per step and per sampling site.
+    image_gates: `[batch, 4*lstm]` from `AIRNetworks.image_gates`, to share it
+      across samples; computed here when None.
+    initial_state: the LSTM's initial state (APDR's discovery passes its
+      propagation state here); the learned one when None.
+    context: `[batch, context_dim]` conditioning appended to the LSTM input at
+      every step, or None when `context_dim == 0`.
+    max_steps: `[batch]` int, the most objects allowed (`N - k_t` in APDR);
+      `N` when None.
+    deterministic: take the posterior modes (presence if prob > 0.5, Gaussian
+      means) instead of sampling; for evaluation.
+
+  Returns:
+    `Slots`, each field `[batch, N, ...]`.
+  """
+  batch = images.shape[0]
+  if image_gates is None:
+    image_gates = _call(config, params, AIRNetworks.image_gates, images)
+  if initial_state is None:
+    initial_state = _call(config, params, AIRNetworks.initial_state, batch)
+  if max_steps is None:
+    max_steps = jnp.full((batch,), config.num_slots, jnp.int32)
+  if context is None:
+    context = jnp.zeros((batch, config.context_dim))
+
+  def step(carry, inputs):
+    state, prev_latents, prev_presence = carry
+    index, key = inputs
+    where_key, what_key, presence_key = jax.random.split(key, 3)
+    state = _call(config, params, AIRNetworks.rnn_step, image_gates,
+                  jnp.concatenate([prev_latents, context], -1), state)
+    prob, (where_loc, where_scale) = _call(config, params, AIRNetworks.heads,
+                                           state.hidden)
+    active = prev_presence * (index < max_steps)
+    if deterministic:
+      presence = (prob > 0.5).astype(prob.dtype) * active
+      z_where = where_loc
+    else:
+      presence = dist.bernoulli_sample(presence_key, prob) * active
+      z_where = dist.normal_sample(where_key, where_loc, where_scale)
+    patch = glimpse.extract(images, z_where, config.glimpse_size,
+                            config.extract_method)
+    what_loc, what_scale = _call(config, params, AIRNetworks.encode,
+                                 patch.reshape(batch, -1))
+    z_what = what_loc if deterministic else dist.normal_sample(
+        what_key, what_loc, what_scale)
+    log_q_z = presence * (
+        dist.normal_log_prob(z_where, where_loc, where_scale).sum(-1) +
+        dist.normal_log_prob(z_what, what_loc, what_scale).sum(-1))
+    log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
+    latents = jnp.concatenate([z_where, z_what, presence[:, None]], -1)
+    outputs = (z_where, z_what, presence, active, prob, log_q_presence,
+               log_q_z, state.hidden)
+    return (state, latents, presence), outputs
+
+  keys = jax.random.split(rng, config.num_slots)
+  indices = jnp.arange(config.num_slots)
+  carry = (initial_state, jnp.zeros((batch, config.latent_dim)),
+           jnp.ones((batch,)))
+  # Unrolled: N is small and the unrolled loop lets XLA fuse across steps.
+  (final_state, _, _), outputs = jax.lax.scan(step, carry, (indices, keys),
+                                              unroll=True)
+  # Scan stacks on axis 0; slots go on axis 1.
+  outputs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), outputs)
+  return Slots(*outputs, final_state=final_state)
+
+
+def prior_log_probs(config: AIRConfig, slots: Slots, rho: jax.Array):
+  """Log-prior terms of each slot, `[batch, N]` each.
+
+  Returns:
+    (log p of the presence decisions, log p of `z_where` and `z_what`), both 0
+    where the slot is inactive or absent. Summed over slots, the presence term
+    is the truncated-geometric log p(n) of DESIGN §3.1.
+  """
+  log_p_presence = slots.active * dist.bernoulli_log_prob(slots.presence, rho)
+  where_loc = jnp.array([config.scale_prior_mean, 0.0, 0.0])
+  where_scale = jnp.array([config.scale_prior_std, config.shift_prior_std,
+                           config.shift_prior_std])
+  log_p_z = (dist.normal_log_prob(slots.z_where, where_loc, where_scale).sum(-1)
+             + dist.normal_log_prob(slots.z_what, 0.0, 1.0).sum(-1))
+  return log_p_presence, slots.presence * log_p_z
+
+
+def decode(config: AIRConfig, params, z_what: jax.Array) -> jax.Array:
+  """`[..., D] -> [..., g, g]` decoded glimpses."""
+  return _call(config, params, AIRNetworks.decode, z_what)
+
+
+def render_slots(config: AIRConfig, params, slots: Slots) -> jax.Array:
+  """The canvas: every present slot's decoded glimpse rendered and summed.
+
+  Returns:
+    `[batch, H, W]`.
+  """
+  size = config.canvas_size
+  return glimpse.render_sum(decode(config, params, slots.z_what),
+                            slots.z_where, slots.presence, size, size)
+
+
+def render_each_slot(config: AIRConfig, params, slots: Slots) -> jax.Array:
+  """Each slot rendered on its own canvas (for pictures), `[batch, N, H, W]`."""
+  batch, num_slots = slots.presence.shape
+  size = config.canvas_size
+  patches = decode(config, params, slots.z_what)
+  rendered = glimpse.render(
+      patches.reshape((batch * num_slots,) + patches.shape[2:]),
+      slots.z_where.reshape(batch * num_slots, 3), size, size,
+      config.render_method).reshape(batch, num_slots, size, size)
+  return rendered * slots.presence[:, :, None, None]
+
+
+def log_likelihood(config: AIRConfig, images: jax.Array,
+                   canvas: jax.Array) -> jax.Array:
+  """log N(x | canvas, std^2) summed over pixels, `[batch]`."""
+  return dist.normal_log_prob(images, canvas, config.likelihood_std).sum((-2, -1))
+
+
+class LogWeightTerms(NamedTuple):
+  """The pieces of one sample's log-weight `log p(x, z, n) - log q(z, n | x)`.
+
+  Attributes:
+    terms: `[batch, N + 1]`: for slot `i < N`, `log p - log q` of its presence
+      decision and latents; the last column is `log p(x | z)`. A presence
+      decision at slot `i` influences columns `i:` only.
+    score_log_q: `[batch, N + 1]`, log q of each presence decision (0 in the
+      last column), the terms that carry the score-function gradient.
+    baseline: `[batch, N + 1]`, NVIL's input-dependent baseline per decision.
+    log_likelihood: `[batch]`.
+    kl: `[batch]`, `log q - log p` summed over slots (a one-sample KL estimate).
+    slots: the sampled `Slots`.
+    canvas: `[batch, H, W]`, the reconstruction.
+  """
+  terms: jax.Array
+  score_log_q: jax.Array
+  baseline: jax.Array
+  log_likelihood: jax.Array
+  kl: jax.Array
+  slots: Slots
+  canvas: jax.Array
+
+
+def log_weight_terms(config: AIRConfig, params, images: jax.Array,
+                     rng: jax.Array, rho: jax.Array, *,
+                     image_gates: jax.Array | None = None,
+                     deterministic: bool = False) -> LogWeightTerms:
+  """Samples q once per image and returns its log-weight, term by term.
+
+  Args:
+    config: the architecture.
+    params: `AIRNetworks` parameters.
+    images: `[batch, H, W]` in [0, 1].
+    rng: a key.
+    rho: scalar, the prior probability of one more object.
+    image_gates: optional shared `[batch, 4*lstm]` (see `infer`).
+    deterministic: use posterior modes (evaluation only).
+
+  Returns:
+    `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`.
+  """
+  slots = infer(config, params, images, rng, image_gates=image_gates,
+                deterministic=deterministic)
+  log_p_presence, log_p_z = prior_log_probs(config, slots, rho)
+  canvas = render_slots(config, params, slots)
+  log_lik = log_likelihood(config, images, canvas)
+  slot_kl = slots.log_q_presence + slots.log_q_z - log_p_presence - log_p_z
+  terms = jnp.concatenate([-slot_kl, log_lik[:, None]], -1)
+  score_log_q = jnp.pad(slots.log_q_presence, ((0, 0), (0, 1)))
+  baseline = jax.vmap(
+      lambda h: _call(config, params, AIRNetworks.baseline_value, h),
+      in_axes=1, out_axes=1)(slots.hidden)
+  baseline = jnp.pad(baseline, ((0, 0), (0, 1)))
+  return LogWeightTerms(terms, score_log_q, baseline, log_lik,
+                        slot_kl.sum(-1), slots, canvas)
+
+
+def image_gates(config: AIRConfig, params, images: jax.Array) -> jax.Array:
+  """The image's share of the inference LSTM gates, `[batch, 4*lstm]`."""
+  return _call(config, params, AIRNetworks.image_gates, images)
+
+
+def presence_rho(step: jax.Array, start: float, end: float,
+                 anneal_steps: int) -> jax.Array:
+  """ρ on a log-linear schedule from `start` to `end` over `anneal_steps`."""
+  frac = jnp.clip(step / max(anneal_steps, 1), 0.0, 1.0)
+  return jnp.exp((1.0 - frac) * math.log(start) + frac * math.log(end))

