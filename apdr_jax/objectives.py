@@ -66,7 +66,8 @@ class Surrogate(NamedTuple):
 
 
 def nvil(terms: jax.Array, score_log_q: jax.Array, baseline: jax.Array,
-         state: NVILState, decay: float = 0.9) -> Surrogate:
+         state: NVILState, decay: float = 0.9,
+         normalise: bool = True) -> Surrogate:
   """The single-sample ELBO with NVIL for the discrete decisions.
 
   For decision `i` the learning signal is `L_i = sum_{j >= i} terms_j`, centred
@@ -79,6 +80,9 @@ def nvil(terms: jax.Array, score_log_q: jax.Array, baseline: jax.Array,
     baseline: same shape; it must carry gradients only to the baseline network.
     state: running statistics.
     decay: their exponential decay.
+    normalise: divide by `max(1, running std)`; this rescales the score term
+      (a per-decision step size), so the estimate is unbiased only while the
+      running std is at most 1 or with `normalise=False`.
 
   Returns:
     `Surrogate`.
@@ -87,13 +91,16 @@ def nvil(terms: jax.Array, score_log_q: jax.Array, baseline: jax.Array,
   score_log_q = score_log_q.reshape(terms.shape)
   baseline = baseline.reshape(terms.shape)
   signal = sg(reverse_cumsum(terms))
+  # Centre and scale with the statistics from *before* this batch: the batch's
+  # own mean would include each sample's signal in its baseline (a bias).
+  centred = signal - state.mean - sg(baseline)
+  advantage = centred / jnp.maximum(1.0, jnp.sqrt(state.var)) if normalise \
+      else centred
   mean = decay * state.mean + (1 - decay) * signal.mean(0)
-  centred = signal - mean - sg(baseline)
   var = decay * state.var + (1 - decay) * jnp.mean(centred ** 2, 0)
-  advantage = centred / jnp.maximum(1.0, jnp.sqrt(var))
   elbo = terms.sum(-1)
   score = (sg(advantage) * score_log_q).sum(-1)
-  baseline_loss = jnp.mean((signal - mean - baseline) ** 2)
+  baseline_loss = jnp.mean((signal - state.mean - baseline) ** 2)
   loss = -jnp.mean(elbo + score) + baseline_loss
   return Surrogate(loss, elbo.mean(), elbo.mean(), baseline_loss,
                    NVILState(mean, var))
@@ -124,15 +131,12 @@ def vimco_signals(terms: jax.Array) -> jax.Array:
       num_samples - 1)
   replaced = fixed + others_mean  # [K, B, S]: sample k's stand-in log-weight
   bound = log_mean_exp(log_weight, 0)  # [B]
-  # log sum_{j != k} exp(w_j) + exp(replaced_k), for every k, stably.
-  max_w = jnp.max(log_weight, 0)
-  exp_w = jnp.exp(log_weight - max_w)  # [K, B]
-  # Sum over j != k by a mask, not `total - exp_w`, which cancels badly
-  # when one sample dominates.
-  others = jnp.einsum("kj,jb->kb", 1.0 - jnp.eye(num_samples), exp_w)
-  shift = jnp.maximum(max_w[None, :, None], replaced)
-  loo = jnp.log(others[..., None] * jnp.exp(max_w[None, :, None] - shift) +
-                jnp.exp(replaced - shift)) + shift - jnp.log(num_samples)
+  # log(sum_{j != k} exp(w_j) + exp(replaced_k)) for every k, all in log
+  # space: a dominant sample must not underflow the others to log(0).
+  not_self = ~jnp.eye(num_samples, dtype=bool)  # [k, j]
+  log_others = jax.nn.logsumexp(
+      jnp.where(not_self[:, :, None], log_weight[None], -jnp.inf), axis=1)
+  loo = jnp.logaddexp(log_others[..., None], replaced) - jnp.log(num_samples)
   return bound[None, :, None] - loo
 
 

@@ -12,6 +12,7 @@ import os
 import time
 from typing import Any
 
+import chex
 import flax
 import jax
 import jax.numpy as jnp
@@ -120,7 +121,7 @@ def clip_by_group_norm(grads, max_norm: float):
     (clipped grads, model grad norm, baseline grad norm).
   """
   model = {k: v for k, v in grads.items() if k != "baseline"}
-  norms = (optax.global_norm(model), optax.global_norm(grads["baseline"]))
+  norms = (optax.tree.norm(model), optax.tree.norm(grads["baseline"]))
   factors = [jnp.minimum(1.0, max_norm / (n + 1e-12)) for n in norms]
   clipped = jax.tree_util.tree_map_with_path(
       lambda path, g: g * factors[1 if _is_baseline(path) else 0], grads)
@@ -178,7 +179,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
     surrogate = objectives.vimco(out.terms, out.score_log_q, nvil_state)
   else:
     surrogate = objectives.nvil(out.terms, out.score_log_q, out.baseline,
-                                nvil_state, config.nvil_decay)
+                                nvil_state, config.nvil_decay,
+                                config.nvil_normalise)
   metrics = dict(
       loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
       log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
@@ -187,8 +189,14 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
   return surrogate.loss, (surrogate.nvil_state, metrics)
 
 
-def make_update_step(config, mesh):
+def make_update_step(config, mesh, max_traces: int | None = None):
   """The jitted, state-donating update step.
+
+  Args:
+    config: run config.
+    mesh: the device mesh.
+    max_traces: if set, `chex.assert_max_traces` fails on a retrace beyond it
+      (tests use 1 to prove that the loop never recompiles).
 
   Returns:
     `update(state, train_images [num, H, W] uint8, base_key) -> (state, metrics)`.
@@ -222,6 +230,8 @@ def make_update_step(config, mesh):
     metrics.update(grad_norm=grad_norm, baseline_grad_norm=baseline_grad_norm)
     return new_state, metrics
 
+  if max_traces is not None:
+    update = chex.assert_max_traces(update, n=max_traces)
   replicated = parallel.replicated(mesh)
   return jax.jit(update, donate_argnums=0,
                  out_shardings=(replicated, replicated))

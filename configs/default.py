@@ -49,6 +49,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.estimator = "nvil"  # 'nvil' (K = num_samples may be 1) or 'vimco'
   config.num_samples = 1
   config.nvil_decay = 0.9
+  config.nvil_normalise = True  # divide the NVIL signal by its running std
 
   config.batch_size = 64
   config.num_steps = 20_000

@@ -1,0 +1,26 @@
+"""Test set-up: 8 fake CPU devices and cheap compilation.
+
+The device count must be set before JAX initialises its backend, so it is done
+here, at import time, for the whole test session. Tests that want one device
+say so through `config.num_devices = 1`.
+"""
+
+import os
+import sys
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                           " --xla_force_host_platform_device_count=8").strip()
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
+
+# Tests run tiny models whose time is mostly compilation.
+jax.config.update("jax_disable_most_optimizations", True)
+
+
+@pytest.fixture(autouse=True)
+def _scene_cache(tmp_path_factory, monkeypatch):
+  """Every test shares one scene cache that is not the user's."""
+  cache = tmp_path_factory.getbasetemp() / "scene_cache"
+  monkeypatch.setenv("APDR_JAX_CACHE", str(cache))

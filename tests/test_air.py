@@ -1,0 +1,223 @@
+"""AIR's shapes, masking and log-weights, the latter against exact enumeration."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apdr_jax import air
+from apdr_jax import distributions as dist
+from apdr_jax import objectives
+
+TINY = air.AIRConfig(canvas_size=16, num_slots=3, glimpse_size=6, z_what_dim=3,
+                     lstm_size=8, mlp_size=8)
+
+
+def _images(batch, size=16, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (batch, size, size))
+
+
+def test_infer_shapes():
+  params = air.init_params(TINY, jax.random.key(0))
+  slots = air.infer(TINY, params, _images(5), jax.random.key(1))
+  chex.assert_shape(slots.z_where, (5, 3, 3))
+  chex.assert_shape(slots.z_what, (5, 3, 3))
+  chex.assert_shape([slots.presence, slots.active, slots.presence_prob,
+                     slots.log_q_presence, slots.log_q_z], (5, 3))
+  chex.assert_shape(slots.hidden, (5, 3, 8))
+  out = air.log_weight_terms(TINY, params, _images(5), jax.random.key(1), 0.1)
+  chex.assert_shape([out.terms, out.score_log_q, out.baseline], (5, 4))
+  chex.assert_shape(out.canvas, (5, 16, 16))
+
+
+def test_default_parameter_count():
+  """The standard architecture, counted layer by layer (DESIGN §4 sizes)."""
+  c = air.AIRConfig()
+  params = air.init_params(c, jax.random.key(0))
+  h, d, g, m = c.lstm_size, c.z_what_dim, c.glimpse_size ** 2, c.mlp_size
+  lstm = (c.canvas_size ** 2 * 4 * h + 4 * h) + c.latent_dim * 4 * h + h * 4 * h + 2 * h
+  presence = h + 1
+  where = 2 * (h * 3 + 3)
+  encoder = (g * m + m) + 2 * (m * d + d)
+  decoder = (d * m + m) + (m * g + g)
+  baseline = (h * m + m) + (m + 1)
+  count = sum(x.size for x in jax.tree.leaves(params))
+  assert count == lstm + presence + where + encoder + decoder + baseline
+
+
+def test_presence_is_a_prefix_and_respects_max_steps():
+  params = air.init_params(TINY, jax.random.key(0))
+  slots = air.infer(TINY, params, _images(256), jax.random.key(2),
+                    max_steps=jnp.array([3, 1] * 128))
+  presence = np.asarray(slots.presence)
+  assert np.all(presence[:, 1:] <= presence[:, :-1])
+  assert presence[:, 0].mean() > 0.2 and presence[:, 1].mean() > 0.05
+  assert np.all(presence[1::2, 1:] == 0)  # max_steps = 1
+  np.testing.assert_array_equal(slots.active[:, 1:][::2], presence[::2, :-1])
+  np.testing.assert_array_equal(slots.active[1::2, 1:], 0)
+
+
+def test_presence_prior_sums_to_truncated_geometric():
+  """Summed over slots, the per-decision prior is DESIGN §3.1's p(n)."""
+  params = air.init_params(TINY, jax.random.key(0))
+  slots = air.infer(TINY, params, _images(256), jax.random.key(3))
+  rho = 0.2
+  log_p_presence, _ = air.prior_log_probs(TINY, slots, rho)
+  count = slots.presence.sum(-1)
+  np.testing.assert_allclose(
+      log_p_presence.sum(-1),
+      dist.truncated_geometric_log_prob(count, rho, TINY.num_slots), rtol=1e-5)
+
+
+def test_absent_slots_contribute_nothing():
+  """Changing an absent slot's latents changes no term and has zero gradient."""
+  params = air.init_params(TINY, jax.random.key(0))
+  slots = air.infer(TINY, params, _images(4), jax.random.key(4))
+  presence = jnp.array([[1.0, 0.0, 0.0]] * 4)
+  slots = slots._replace(presence=presence,
+                         active=jnp.array([[1.0, 1.0, 0.0]] * 4))
+  images = _images(4)
+
+  def log_joint(z_what, z_where):
+    s = slots._replace(z_what=z_what, z_where=z_where)
+    log_p_presence, log_p_z = air.prior_log_probs(TINY, s, 0.1)
+    canvas = air.render_slots(TINY, params, s)
+    return (air.log_likelihood(TINY, images, canvas).sum() +
+            log_p_presence.sum() + log_p_z.sum())
+
+  grad_what, grad_where = jax.grad(log_joint, argnums=(0, 1))(
+      slots.z_what, slots.z_where)
+  np.testing.assert_array_equal(grad_what[:, 1:], 0.0)
+  np.testing.assert_array_equal(grad_where[:, 1:], 0.0)
+  assert np.abs(grad_what[:, 0]).sum() > 0  # the present slot does matter
+  noise = jax.random.normal(jax.random.key(5), slots.z_what.shape) * 3
+  moved = slots.z_what.at[:, 1:].add(noise[:, 1:])
+  np.testing.assert_allclose(log_joint(moved, slots.z_where),
+                             log_joint(slots.z_what, slots.z_where), rtol=1e-6)
+
+
+def test_inactive_decisions_have_zero_log_probs():
+  params = air.init_params(TINY, jax.random.key(0))
+  out = air.log_weight_terms(TINY, params, _images(256), jax.random.key(6), 0.1)
+  slots = out.slots
+  inactive = np.asarray(slots.active) == 0
+  assert inactive.any()
+  np.testing.assert_array_equal(np.asarray(slots.log_q_presence)[inactive], 0)
+  absent = np.asarray(slots.presence) == 0
+  np.testing.assert_array_equal(np.asarray(slots.log_q_z)[absent], 0)
+  np.testing.assert_array_equal(np.asarray(out.terms[:, :-1])[inactive], 0)
+
+
+# --- Exact enumeration -------------------------------------------------------
+# With the heads' kernels at zero, q is the same at every step whatever the
+# image: presence probability PI, z_where ~ N(offset + b, s), z_what ~ N(b', s').
+# With the decoder's output at sigmoid(-30) ~ 0, the canvas is empty, so the
+# likelihood is the constant C = log N(x | 0, std). Then log p(x) = C exactly
+# and the ELBO is a sum over the N + 1 counts with closed-form Gaussian KLs.
+
+PI = 0.6
+RHO = 0.3
+
+
+def _enumerable_params(config, rng):
+  params = air.init_params(config, rng)
+  zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
+  params["presence_head"]["kernel"] = zeros(params["presence_head"]["kernel"])
+  params["presence_head"]["bias"] = jnp.full((1,), math.log(PI / (1 - PI)))
+  for head in ("where_head", "what_encoder"):
+    for part in ("loc", "scale"):
+      params[head][part]["kernel"] = zeros(params[head][part]["kernel"])
+  params["where_head"]["loc"]["bias"] = jnp.array([0.2, -0.1, 0.3])
+  params["where_head"]["scale"]["bias"] = jnp.array([-1.0, 0.0, -0.5])
+  params["what_encoder"]["loc"]["bias"] = jnp.linspace(-0.4, 0.4,
+                                                       config.z_what_dim)
+  params["what_encoder"]["scale"]["bias"] = jnp.full((config.z_what_dim,), 0.3)
+  last = sorted(k for k in params["decoder"] if k.startswith("Dense"))[-1]
+  params["decoder"][last]["kernel"] = zeros(params["decoder"][last]["kernel"])
+  params["decoder"][last]["bias"] = jnp.full_like(
+      params["decoder"][last]["bias"], -30.0)
+  return params
+
+
+def _gauss_kl(mq, sq, mp, sp):
+  """KL(N(mq, sq^2) || N(mp, sp^2)) summed, in numpy (closed form)."""
+  mq, sq, mp, sp = (np.asarray(v, np.float64) for v in (mq, sq, mp, sp))
+  return np.sum(np.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2)
+                - 0.5)
+
+
+def _exact(config, params, image):
+  softplus = lambda x: np.log1p(np.exp(np.asarray(x, np.float64)))
+  where_q = (np.array([config.scale_prior_mean, 0, 0]) +
+             params["where_head"]["loc"]["bias"],
+             softplus(params["where_head"]["scale"]["bias"]) + 1e-3)
+  where_p = (np.array([config.scale_prior_mean, 0, 0]),
+             np.array([config.scale_prior_std, config.shift_prior_std,
+                       config.shift_prior_std]))
+  what_q = (params["what_encoder"]["loc"]["bias"],
+            softplus(params["what_encoder"]["scale"]["bias"]) + 1e-3)
+  kl_z = (_gauss_kl(*where_q, *where_p) +
+          _gauss_kl(*what_q, np.zeros(config.z_what_dim),
+                    np.ones(config.z_what_dim)))
+  n_max = config.num_slots
+  pmf = lambda p, n: p ** n * ((1 - p) if n < n_max else 1.0)
+  log_lik = np.sum(-0.5 * (np.asarray(image, np.float64) /
+                           config.likelihood_std) ** 2 -
+                   np.log(config.likelihood_std) - 0.5 * np.log(2 * np.pi))
+  elbo = log_lik + sum(
+      pmf(PI, n) * (np.log(pmf(RHO, n)) - np.log(pmf(PI, n)) - n * kl_z)
+      for n in range(n_max + 1))
+  return elbo, log_lik
+
+
+def test_elbo_and_log_marginal_match_enumeration():
+  config = TINY
+  params = _enumerable_params(config, jax.random.key(0))
+  image = _images(1, seed=7)[0]
+  exact_elbo, exact_log_px = _exact(config, params, image)
+  num = 20_000
+  images = jnp.broadcast_to(image, (num,) + image.shape)
+  out = air.log_weight_terms(config, params, images, jax.random.key(8), RHO)
+  log_weight = np.asarray(out.terms.sum(-1), np.float64)
+  stderr = log_weight.std() / np.sqrt(num)
+  assert abs(log_weight.mean() - exact_elbo) < 4 * stderr + 1e-3
+  # Importance sampling: mean(exp(w)) estimates p(x) without bias.
+  ratios = np.exp(log_weight - exact_log_px)
+  assert abs(ratios.mean() - 1.0) < 4 * ratios.std() / np.sqrt(num)
+  # IWAE(K) lies between the ELBO and log p(x), tighter as K grows.
+  iwae_10 = objectives.iwae_bound(log_weight.reshape(10, -1)).mean()
+  iwae_100 = objectives.iwae_bound(log_weight.reshape(100, -1)).mean()
+  assert exact_elbo < iwae_10 < iwae_100 < exact_log_px + 1e-2
+  assert exact_log_px - exact_elbo > 0.5  # the test is not vacuous
+
+
+def test_enumeration_detects_a_wrong_prior():
+  """The same check fails if the presence prior's stop term is dropped."""
+  config = TINY
+  params = _enumerable_params(config, jax.random.key(0))
+  image = _images(1, seed=7)[0]
+  exact_elbo, _ = _exact(config, params, image)
+  num = 20_000
+  images = jnp.broadcast_to(image, (num,) + image.shape)
+  out = air.log_weight_terms(config, params, images, jax.random.key(8), RHO)
+  stop_terms = (out.slots.active * (1 - out.slots.presence) *
+                jnp.log1p(-RHO)).sum(-1)
+  wrong = np.asarray(out.terms.sum(-1) - stop_terms, np.float64)
+  assert abs(wrong.mean() - exact_elbo) > 4 * wrong.std() / np.sqrt(num)
+
+
+def test_deterministic_inference_is_repeatable():
+  params = air.init_params(TINY, jax.random.key(0))
+  a = air.infer(TINY, params, _images(3), jax.random.key(1), deterministic=True)
+  b = air.infer(TINY, params, _images(3), jax.random.key(2), deterministic=True)
+  chex.assert_trees_all_close(a, b)
+
+
+@pytest.mark.parametrize("step,expected", [(0, 0.1), (50, math.sqrt(0.1 * 1e-3)),
+                                           (100, 1e-3), (500, 1e-3)])
+def test_rho_schedule(step, expected):
+  np.testing.assert_allclose(air.presence_rho(jnp.asarray(step), 0.1, 1e-3, 100),
+                             expected, rtol=1e-5)

@@ -1,0 +1,123 @@
+"""The trainer on a tiny config: one step, no recompiles, resume, non-finite stop."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apdr_jax import checkpoints
+from apdr_jax import parallel
+from apdr_jax import train
+from apdr_jax.errors import ConfigError
+from configs import tiny
+
+
+def _config(**overrides):
+  config = tiny.get_config()
+  config.num_devices = 1
+  config.update(overrides)
+  return config
+
+
+def _train_images(config, num=32):
+  size = config.data.canvas_size
+  return jax.random.randint(jax.random.key(9), (num, size, size), 0, 256
+                            ).astype(jnp.uint8)
+
+
+@pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("vimco", 3)])
+def test_steps_change_params_and_never_retrace(estimator, num_samples):
+  chex.clear_trace_counter()  # counters are per function body, across tests
+  config = _config(estimator=estimator, num_samples=num_samples)
+  mesh = parallel.make_mesh(1)
+  state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
+                         parallel.replicated(mesh))
+  before = jax.tree.map(np.asarray, state.params)
+  update = train.make_update_step(config, mesh, max_traces=1)
+  images = jax.device_put(_train_images(config), parallel.replicated(mesh))
+  for _ in range(3):
+    state, metrics = update(state, images, jax.random.key(1))
+  assert int(state.step) == 3 and int(state.nonfinite_step) == -1
+  for key in ("loss", "elbo", "log_likelihood", "kl", "grad_norm",
+              "baseline_grad_norm", "mean_count"):
+    assert np.isfinite(metrics[key]), key
+  changed = jax.tree.map(lambda a, b: not np.allclose(a, b), before,
+                         jax.device_get(state.params))
+  assert all(jax.tree.leaves(changed["rnn"])), "every LSTM weight should move"
+
+
+def test_bad_config_values_raise_clear_errors():
+  with pytest.raises(ConfigError, match="estimator"):
+    train.validate_config(_config(estimator="reinforce"))
+  with pytest.raises(ConfigError, match="num_samples"):
+    train.validate_config(_config(estimator="vimco", num_samples=1))
+  with pytest.raises(ConfigError, match="learning_rate"):
+    train.validate_config(_config(learning_rate=-1.0))
+  config = _config()
+  config.model.render_method = "fft"
+  with pytest.raises(ConfigError, match="render_method"):
+    train.validate_config(config)
+  with pytest.raises(ConfigError, match="divide"):
+    parallel.check_batch_divides(6, parallel.make_mesh(4))
+  with pytest.raises(ConfigError, match="num_devices"):
+    parallel.make_mesh(1000)
+
+
+def _final_params(workdir, config):
+  mngr = checkpoints.manager(workdir)
+  target = train.create_train_state(config, jax.random.key(0))
+  step, state = checkpoints.restore_latest(mngr, target)
+  return step, state
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+  config = _config(num_steps=4, checkpoint_every=2)
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
+  train.train_and_evaluate(_config(num_steps=2, checkpoint_every=2),
+                           str(tmp_path / "resumed"))
+  train.train_and_evaluate(config, str(tmp_path / "resumed"))
+  step_a, a = _final_params(str(tmp_path / "straight"), config)
+  step_b, b = _final_params(str(tmp_path / "resumed"), config)
+  assert step_a == step_b == 4
+  chex.assert_trees_all_close(a, b, rtol=1e-6, atol=1e-6)
+  # The run wrote what a user reads.
+  workdir = tmp_path / "straight"
+  for name in ("config.json", "metrics.jsonl", "final_metrics.json",
+               "reconstructions.png"):
+    assert (workdir / name).exists(), name
+  lines = (workdir / "metrics.jsonl").read_text().splitlines()
+  assert [json.loads(l)["step"] for l in lines] == [2, 4]
+  final = json.loads((workdir / "final_metrics.json").read_text())
+  assert 0.0 <= final["count_accuracy"] <= 1.0
+  assert final["iwae"] >= final["elbo"] - 1.0
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path,
+                                                              monkeypatch):
+  """A NaN from step 2 on stops the run; the step-2 checkpoint stays good."""
+  real_rho = train.rho_at
+  monkeypatch.setattr(train, "rho_at", lambda config, step: jnp.where(
+      step >= 2, jnp.nan, real_rho(config, step)))
+  config = _config(num_steps=6, checkpoint_every=2, log_every=2)
+  workdir = str(tmp_path / "nan")
+  with pytest.raises(train.NonFiniteLossError, match="step 2"):
+    train.train_and_evaluate(config, workdir)
+  step, state = _final_params(workdir, config)
+  assert step == 2
+  assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+  config = _config(num_steps=2, checkpoint_every=2)
+  workdir = tmp_path / "run"
+  train.train_and_evaluate(config, str(workdir))
+  for root, _, files in os.walk(workdir / "checkpoints" / "2"):
+    for name in files:
+      with open(os.path.join(root, name), "wb") as f:
+        f.write(b"garbage")
+  with pytest.raises(checkpoints.CheckpointError, match="corrupt"):
+    _final_params(str(workdir), config)
