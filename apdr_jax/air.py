@@ -38,7 +38,7 @@ class AIRConfig:
   scale_prior_mean: float = 2.5
   scale_prior_std: float = 0.3
   shift_prior_std: float = 1.0
-  presence_init: float = 0.5
+  presence_init: float = 0.1
   where_scale_init: float = 0.1
   decoder_bias: float = -2.0
   context_dim: int = 0

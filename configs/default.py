@@ -35,7 +35,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.scale_prior_mean = 2.5
   config.model.scale_prior_std = 0.3
   config.model.shift_prior_std = 1.0
-  config.model.presence_init = 0.5
+  config.model.presence_init = 0.1  # start with few objects; see README
   config.model.where_scale_init = 0.1
   config.model.decoder_bias = -2.0
   config.model.extract_method = "gather"

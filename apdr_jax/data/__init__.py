@@ -48,3 +48,7 @@ __all__ = [
     "split_bank",
     "to_float",
 ]
+
+from apdr_jax.data.user_images import check_images, load_user_images  # noqa: E402
+
+__all__ += ["check_images", "load_user_images"]
