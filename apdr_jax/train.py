@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from apdr_jax import air
 from apdr_jax import checkpoints
@@ -199,7 +200,8 @@ def make_update_step(config, mesh, max_traces: int | None = None):
       (tests use 1 to prove that the loop never recompiles).
 
   Returns:
-    `update(state, train_images [num, H, W] uint8, base_key) -> (state, metrics)`.
+    `update(state, train_streams, base_key) -> (state, metrics)`, with
+    `train_streams [num // B, B, H, W]` uint8 from `place_train_streams`.
   """
   optimizer = make_optimizer(config)
   batch_sharding = parallel.batch_sharded(mesh)
@@ -207,9 +209,12 @@ def make_update_step(config, mesh, max_traces: int | None = None):
   def update(state: TrainState, train_images, base_key):
     key = jax.random.fold_in(base_key, state.step)
     data_key, sample_key = jax.random.split(key)
+    # Batch position j draws a row of stream j (see `place_train_streams`):
+    # a batched gather along the stream axis, which stays on each device.
     index = jax.random.randint(data_key, (config.batch_size,), 0,
                                train_images.shape[0])
-    images = train_images[index].astype(jnp.float32) / 255.0
+    images = jax.vmap(lambda stream, i: stream[i], in_axes=(1, 0))(
+        train_images, index).astype(jnp.float32) / 255.0
     images = jax.lax.with_sharding_constraint(images, batch_sharding)
     rho = rho_at(config, state.step)
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
@@ -237,7 +242,36 @@ def make_update_step(config, mesh, max_traces: int | None = None):
                  out_shardings=(replicated, replicated))
 
 
-def load_data(config, process_index: int = 0):
+def place_train_streams(images: np.ndarray, batch_size: int, mesh):
+  """Places training scenes as `B` streams split over the `data` axis.
+
+  Row `r` of the scenes goes to stream `r % B` (rows beyond a multiple of `B`
+  are dropped), and batch position `j` always draws from stream `j`. The
+  device that holds batch positions `j` therefore holds stream `j`, so drawing
+  a batch moves no data between devices, and the batch is the same whatever
+  the number of devices or hosts. Each process places only the streams of its
+  own devices.
+
+  Args:
+    images: `[num, H, W]` uint8.
+    batch_size: the global batch size `B`.
+    mesh: the device mesh.
+
+  Returns:
+    A global `[num // B, B, H, W]` array sharded on axis 1.
+  """
+  rows = (len(images) // batch_size) * batch_size
+  if rows == 0:
+    raise ConfigError(f"{len(images)} training scenes are fewer than "
+                      f"batch_size={batch_size}")
+  streams = images[:rows].reshape((rows // batch_size, batch_size) +
+                                  images.shape[1:])
+  sharding = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
+  return jax.make_array_from_callback(streams.shape, sharding,
+                                      lambda index: streams[index])
+
+
+def load_data(config):
   """Training images (uint8) and held-out scenes of a run config."""
   d = config.data
   common = dict(canvas_size=d.canvas_size, min_digits=d.min_digits,
@@ -251,8 +285,14 @@ def load_data(config, process_index: int = 0):
   return train, test
 
 
+def _host(params):
+  """Parameters as host arrays, so that evaluation runs on this process's
+  default device whatever mesh (or hosts) the training state spans."""
+  return jax.device_get(params)
+
+
 def _evaluate_counts(config, params, test) -> dict:
-  result = evaluation.decompose(model_config(config), params,
+  result = evaluation.decompose(model_config(config), _host(params),
                                 data.to_float(test["images"]),
                                 config.eval_batch_size)
   return evaluation.count_accuracy(result["counts"], test["counts"])
@@ -294,7 +334,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"Resumed from {workdir} at step {restored_step}.", flush=True)
   if is_writer:
     checkpoints.save_config(config, workdir)
-  train_images = jax.device_put(train["images"], replicated)
+  train_images = place_train_streams(train["images"], config.batch_size, mesh)
 
   update = make_update_step(config, mesh)
   writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
@@ -342,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 def final_evaluation(config, params, test, workdir, is_writer=True) -> dict:
   """Counts, ELBO and IWAE on held-out scenes, a picture, `final_metrics.json`."""
   mc = model_config(config)
+  params = _host(params)
   num = min(config.final_eval_scenes, len(test["images"]))
   images = data.to_float(test["images"][:num])
   decomposed = evaluation.decompose(mc, params, images, config.eval_batch_size)

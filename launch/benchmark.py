@@ -54,7 +54,7 @@ def benchmark_training(config, steps, repeats):
   size = config.data.canvas_size
   images = np.random.default_rng(0).integers(
       0, 256, (4096, size, size), dtype=np.uint8)
-  images = jax.device_put(images, parallel.replicated(mesh))
+  images = train.place_train_streams(images, config.batch_size, mesh)
   state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                          parallel.replicated(mesh))
   update = train.make_update_step(config, mesh)

@@ -38,7 +38,8 @@ def test_steps_change_params_and_never_retrace(estimator, num_samples):
                          parallel.replicated(mesh))
   before = jax.tree.map(np.asarray, state.params)
   update = train.make_update_step(config, mesh, max_traces=1)
-  images = jax.device_put(_train_images(config), parallel.replicated(mesh))
+  images = train.place_train_streams(np.asarray(_train_images(config)),
+                                     config.batch_size, mesh)
   for _ in range(3):
     state, metrics = update(state, images, jax.random.key(1))
   assert int(state.step) == 3 and int(state.nonfinite_step) == -1
