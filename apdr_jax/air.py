@@ -159,6 +159,7 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
           initial_state: networks.LSTMState | None = None,
           context: jax.Array | None = None,
           max_steps: jax.Array | None = None,
+          first_state: networks.LSTMState | None = None,
           deterministic: bool = False) -> Slots:
   """Samples the slots from q(z, n | x) with a masked scan over `N` steps.
 
@@ -175,6 +176,8 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
       every step, or None when `context_dim == 0`.
     max_steps: `[batch]` int, the most objects allowed (`N - k_t` in APDR);
       `N` when None.
+    first_state: the LSTM state after the first step, from
+      `first_lstm_state`, to share it across samples; computed here when None.
     deterministic: take the posterior modes (presence if prob > 0.5, Gaussian
       means) instead of sampling; for evaluation.
 
@@ -184,19 +187,17 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
   batch = images.shape[0]
   if image_gates is None:
     image_gates = _call(config, params, AIRNetworks.image_gates, images)
-  if initial_state is None:
-    initial_state = _call(config, params, AIRNetworks.initial_state, batch)
+  if first_state is None:
+    first_state = first_lstm_state(config, params, image_gates, initial_state,
+                                   context)
   if max_steps is None:
     max_steps = jnp.full((batch,), config.num_slots, jnp.int32)
   if context is None:
     context = jnp.zeros((batch, config.context_dim))
 
-  def step(carry, inputs):
-    state, prev_latents, prev_presence = carry
-    index, key = inputs
+  def sample_slot(state, prev_presence, index, key):
+    """Heads, sampling and glimpse for one slot, given its LSTM output."""
     where_key, what_key, presence_key = jax.random.split(key, 3)
-    state = _call(config, params, AIRNetworks.rnn_step, image_gates,
-                  jnp.concatenate([prev_latents, context], -1), state)
     prob, (where_loc, where_scale) = _call(config, params, AIRNetworks.heads,
                                            state.hidden)
     active = prev_presence * (index < max_steps)
@@ -221,16 +222,55 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
                log_q_z, state.hidden)
     return (state, latents, presence), outputs
 
+  def step(carry, inputs):
+    state, prev_latents, prev_presence = carry
+    index, key = inputs
+    state = _call(config, params, AIRNetworks.rnn_step, image_gates,
+                  jnp.concatenate([prev_latents, context], -1), state)
+    return sample_slot(state, prev_presence, index, key)
+
   keys = jax.random.split(rng, config.num_slots)
-  indices = jnp.arange(config.num_slots)
-  carry = (initial_state, jnp.zeros((batch, config.latent_dim)),
-           jnp.ones((batch,)))
+  # Slot 0 is peeled off the scan so that its LSTM state can be shared.
+  carry, first_outputs = sample_slot(first_state, jnp.ones((batch,)), 0,
+                                     keys[0])
+  indices = jnp.arange(1, config.num_slots)
   # Unrolled: N is small and the unrolled loop lets XLA fuse across steps.
-  (final_state, _, _), outputs = jax.lax.scan(step, carry, (indices, keys),
-                                              unroll=True)
-  # Scan stacks on axis 0; slots go on axis 1.
-  outputs = jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1), outputs)
+  (final_state, _, _), outputs = jax.lax.scan(step, carry,
+                                              (indices, keys[1:]), unroll=True)
+  outputs = jax.tree.map(
+      lambda first, rest: jnp.concatenate([first[:, None],
+                                           jnp.swapaxes(rest, 0, 1)], 1),
+      first_outputs, outputs)
   return Slots(*outputs, final_state=final_state)
+
+
+def first_lstm_state(config: AIRConfig, params, image_gates: jax.Array,
+                     initial_state: networks.LSTMState | None = None,
+                     context: jax.Array | None = None) -> networks.LSTMState:
+  """The inference LSTM's state after its first step, `[batch, lstm]` each.
+
+  With the learned initial state and no context it depends on the image
+  alone, so training computes it once per image and shares it across the K
+  samples (`infer(..., first_state=...)`); the learned state's recurrent
+  contribution is then one `[1, 4*lstm]` row rather than one per image.
+  """
+  batch = image_gates.shape[0]
+  if initial_state is None and context is None:
+    def learned_first_step(module, gates):
+      state = module.rnn.initial_state(1)
+      return module.rnn.step(gates, jnp.zeros((1, config.latent_dim +
+                                               config.context_dim)), state)
+    state = AIRNetworks(config).apply({"params": params}, image_gates,
+                                      method=learned_first_step)
+    return jax.tree.map(lambda x: jnp.broadcast_to(x, (batch,) + x.shape[1:]),
+                        state)
+  if initial_state is None:
+    initial_state = _call(config, params, AIRNetworks.initial_state, batch)
+  if context is None:
+    context = jnp.zeros((batch, config.context_dim))
+  latents = jnp.zeros((batch, config.latent_dim))
+  return _call(config, params, AIRNetworks.rnn_step, image_gates,
+               jnp.concatenate([latents, context], -1), initial_state)
 
 
 def prior_log_probs(config: AIRConfig, slots: Slots, rho: jax.Array):
@@ -311,6 +351,7 @@ class LogWeightTerms(NamedTuple):
 def log_weight_terms(config: AIRConfig, params, images: jax.Array,
                      rng: jax.Array, rho: jax.Array, *,
                      image_gates: jax.Array | None = None,
+                     first_state: networks.LSTMState | None = None,
                      deterministic: bool = False) -> LogWeightTerms:
   """Samples q once per image and returns its log-weight, term by term.
 
@@ -321,13 +362,14 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
     rng: a key.
     rho: scalar, the prior probability of one more object.
     image_gates: optional shared `[batch, 4*lstm]` (see `infer`).
+    first_state: optional shared first LSTM state (see `infer`).
     deterministic: use posterior modes (evaluation only).
 
   Returns:
     `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`.
   """
   slots = infer(config, params, images, rng, image_gates=image_gates,
-                deterministic=deterministic)
+                first_state=first_state, deterministic=deterministic)
   log_p_presence, log_p_z = prior_log_probs(config, slots, rho)
   canvas = render_slots(config, params, slots)
   log_lik = log_likelihood(config, images, canvas)
@@ -340,6 +382,38 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   baseline = jnp.pad(baseline, ((0, 0), (0, 1)))
   return LogWeightTerms(terms, score_log_q, baseline, log_lik,
                         slot_kl.sum(-1), slots, canvas)
+
+
+def sample_prior(config: AIRConfig, params, rng: jax.Array, batch_size: int,
+                 rho: float):
+  """Scenes from the generative model: n, then each object's latents, rendered.
+
+  Args:
+    config: the architecture.
+    params: `AIRNetworks` parameters (only the decoder is used).
+    rng: a key.
+    batch_size: how many scenes.
+    rho: the presence prior's probability of one more object.
+
+  Returns:
+    (presence `[batch, N]`, z_where `[batch, N, 3]`, z_what `[batch, N, D]`,
+    canvas `[batch, H, W]`, the mean of p(x | z)).
+  """
+  n_key, where_key, what_key = jax.random.split(rng, 3)
+  shape = (batch_size, config.num_slots)
+  # Presence: Bernoulli(rho) per slot until the first zero (DESIGN §3.1).
+  presence = jnp.cumprod(jax.random.bernoulli(n_key, rho, shape), axis=1)
+  presence = presence.astype(jnp.float32)
+  where_loc = jnp.array([config.scale_prior_mean, 0.0, 0.0])
+  where_scale = jnp.array([config.scale_prior_std, config.shift_prior_std,
+                           config.shift_prior_std])
+  z_where = dist.normal_sample(where_key, jnp.broadcast_to(where_loc, shape + (3,)),
+                               where_scale)
+  z_what = jax.random.normal(what_key, shape + (config.z_what_dim,))
+  size = config.canvas_size
+  canvas = glimpse.render_sum(decode(config, params, z_what), z_where, presence,
+                              size, size)
+  return presence, z_where, z_what, canvas
 
 
 def image_gates(config: AIRConfig, params, images: jax.Array) -> jax.Array:

@@ -169,12 +169,15 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
   k, batch = config.num_samples, images.shape[0]
   # The K samples are folded into the batch rather than vmapped: XLA's CPU
   # backend runs the resulting plain matmuls much faster than batched ones
-  # (measured in WORKSPACE.md). The image gates are computed once and shared.
+  # (measured in WORKSPACE.md). The image gates and the first LSTM state
+  # depend on the image alone: computed once, shared by the K samples.
   gates = air.image_gates(mc, params, images)
+  first_state = air.first_lstm_state(mc, params, gates)  # image-only, shared
   tile = lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
       (k * batch,) + x.shape[1:])
   out = air.log_weight_terms(mc, params, tile(images), rng, rho,
-                             image_gates=tile(gates))
+                             image_gates=tile(gates),
+                             first_state=jax.tree.map(tile, first_state))
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
   if config.estimator == "vimco":
     surrogate = objectives.vimco(out.terms, out.score_log_q, nvil_state)

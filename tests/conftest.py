@@ -15,8 +15,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# Tests run tiny models whose time is mostly compilation.
+# Tests run tiny models whose time is mostly compilation: compile cheaply, and
+# reuse compiled programs across tests and the launchers' subprocesses.
 jax.config.update("jax_disable_most_optimizations", True)
+_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "apdr_jax_test_xla_cache")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 
 
 @pytest.fixture(autouse=True)

@@ -13,7 +13,7 @@ from apdr_jax import distributions as dist
 from apdr_jax import objectives
 
 TINY = air.AIRConfig(canvas_size=16, num_slots=3, glimpse_size=6, z_what_dim=3,
-                     lstm_size=8, mlp_size=8)
+                     lstm_size=8, mlp_size=8, presence_init=0.6)
 
 
 def _images(batch, size=16, seed=0):
@@ -221,3 +221,18 @@ def test_deterministic_inference_is_repeatable():
 def test_rho_schedule(step, expected):
   np.testing.assert_allclose(air.presence_rho(jnp.asarray(step), 0.1, 1e-3, 100),
                              expected, rtol=1e-5)
+
+
+def test_shared_first_state_equals_the_generic_first_step():
+  """The image-only first step (computed once, shared) is the same LSTM step."""
+  params = air.init_params(TINY, jax.random.key(0))
+  images = _images(4)
+  gates = air.image_gates(TINY, params, images)
+  learned = air.AIRNetworks(TINY).apply({"params": params}, 4,
+                                        method=air.AIRNetworks.initial_state)
+  shared = air.first_lstm_state(TINY, params, gates)
+  generic = air.first_lstm_state(TINY, params, gates, initial_state=learned)
+  chex.assert_trees_all_close(shared, generic, rtol=1e-6, atol=1e-6)
+  a = air.infer(TINY, params, images, jax.random.key(1), first_state=shared)
+  b = air.infer(TINY, params, images, jax.random.key(1), initial_state=learned)
+  chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
