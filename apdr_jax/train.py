@@ -320,6 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   Returns:
     The final evaluation metrics.
   """
+  started = time.perf_counter()
   validate_config(config)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_divides(config.batch_size, mesh)
@@ -379,11 +380,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_finite(state, config.num_steps)
   if compile_time is not None and is_writer:
     print(f"First step (compile) took {compile_time:.1f} s.", flush=True)
-  return final_evaluation(config, state.params, test, workdir, is_writer)
+  return final_evaluation(config, state.params, test, workdir, is_writer,
+                          extra={"steps": int(state.step),
+                                 "compile_seconds": compile_time,
+                                 "train_seconds": time.perf_counter() - started})
 
 
-def final_evaluation(config, params, test, workdir, is_writer=True) -> dict:
-  """Counts, ELBO and IWAE on held-out scenes, a picture, `final_metrics.json`."""
+def final_evaluation(config, params, test, workdir, is_writer=True,
+                     extra=None) -> dict:
+  """Counts, ELBO and IWAE on held-out scenes, a picture, `final_metrics.json`.
+
+  `extra` (e.g. steps and wall time of this invocation) is added to the file.
+  """
   mc = model_config(config)
   params = _host(params)
   num = min(config.final_eval_scenes, len(test["images"]))
@@ -395,6 +403,7 @@ def final_evaluation(config, params, test, workdir, is_writer=True) -> dict:
       rho=float(rho_at(config, config.num_steps)),
       num_samples=config.final_iwae_samples))
   result["num_scenes"] = num
+  result.update(extra or {})
   if is_writer:
     import json
     with open(os.path.join(workdir, "final_metrics.json"), "w") as f:

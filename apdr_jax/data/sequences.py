@@ -41,16 +41,13 @@ disjoint test bank.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import math
-import os
-import uuid
-import warnings
 from typing import Dict, Optional
 
 import numpy as np
 
+from apdr_jax.data import cache as cache_lib
 from apdr_jax.data import digits as digits_lib
 from apdr_jax.data import scenes as scenes_lib
 from apdr_jax.errors import ConfigError
@@ -67,14 +64,13 @@ __all__ = [
 #: Bump it whenever :func:`generate_sequences` would produce different arrays.
 SEQUENCE_FORMAT_VERSION = 1
 
-_ARRAY_KEYS = ("images", "presence", "boxes", "ids", "counts", "labels",
-               "indices")
 _RENDER_CHUNK_FRAMES = 2048
 # Private helpers of the same package, shared rather than copied.
 # pylint: disable=protected-access
 _check_bank = scenes_lib._check_bank
 _ink_boxes = scenes_lib._ink_boxes
 _is_int = scenes_lib._is_int
+_recipe_bank = scenes_lib._recipe_bank
 _NATIVE_DIGIT_SIZE = scenes_lib._NATIVE_DIGIT_SIZE
 # pylint: enable=protected-access
 
@@ -435,27 +431,23 @@ def generate_sequences(
 
 def sequence_cache_path(recipe: SequenceRecipe,
                         cache_dir: Optional[str] = None) -> str:
-  """Path of the cache file of a recipe.
+  """Path of the cache file of a sequence recipe.
 
-  The key is the sha1 of the recipe's canonical JSON together with
-  :data:`SEQUENCE_FORMAT_VERSION`.
+  The file name carries the sha1 of the recipe's canonical JSON together with
+  :data:`SEQUENCE_FORMAT_VERSION` (see :func:`apdr_jax.data.cache.cache_path`),
+  so any change to the recipe or the generator gives another file.
 
   Args:
     recipe: the sequence recipe.
-    cache_dir: directory; ``None`` means ``scenes.default_cache_dir()``
+    cache_dir: directory; ``None`` means ``cache.default_cache_dir()``
       (``$APDR_JAX_CACHE`` or ``~/.cache/apdr_jax``).
 
   Returns:
     ``<cache_dir>/sequences-<source>-<split>-<sha1>.npz``.
   """
-  fields = {"format_version": SEQUENCE_FORMAT_VERSION,
-            "recipe": json.loads(recipe.to_json())}
-  key = hashlib.sha1(
-      json.dumps(fields, sort_keys=True).encode("utf-8")).hexdigest()
-  if cache_dir is None:
-    cache_dir = scenes_lib.default_cache_dir()
-  name = f"sequences-{recipe.source}-{recipe.split}-{key}.npz"
-  return os.path.join(os.fspath(cache_dir), name)
+  return cache_lib.cache_path(f"sequences-{recipe.source}-{recipe.split}",
+                              recipe.to_json(), SEQUENCE_FORMAT_VERSION,
+                              cache_dir)
 
 
 def _expected_arrays(recipe: SequenceRecipe):
@@ -472,63 +464,22 @@ def _expected_arrays(recipe: SequenceRecipe):
   }
 
 
-def _read_cache(path: str, recipe: SequenceRecipe) -> Dict[str, np.ndarray]:
-  """Reads and checks a cache file; raises on any mismatch or corruption."""
-  with np.load(path, allow_pickle=False) as archive:
-    if str(archive["recipe"]) != recipe.to_json():
-      raise ValueError("recipe stored in the file differs")
-    if int(archive["format_version"]) != SEQUENCE_FORMAT_VERSION:
-      raise ValueError("format version differs")
-    data = {key: np.array(archive[key]) for key in _ARRAY_KEYS}
-  for key, (dtype, shape) in _expected_arrays(recipe).items():
-    if data[key].dtype != dtype or data[key].shape != shape:
-      raise ValueError(
-          f"{key} has {data[key].dtype} {data[key].shape}, expected "
-          f"{np.dtype(dtype)} {shape}")
-  return data
-
-
-def _write_cache(path: str, recipe: SequenceRecipe,
-                 data: Dict[str, np.ndarray]) -> None:
-  """Writes a cache file atomically (temporary file, then ``os.replace``).
-
-  The same scheme as ``scenes._write_cache``, which is tied to the scene keys.
-  """
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp_path = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
-  try:
-    with open(tmp_path, "xb") as handle:
-      np.savez_compressed(
-          handle,
-          recipe=np.array(recipe.to_json()),
-          format_version=np.array(SEQUENCE_FORMAT_VERSION, dtype=np.int64),
-          **{key: data[key] for key in _ARRAY_KEYS})
-    os.replace(tmp_path, path)
-  except BaseException:
-    try:
-      os.unlink(tmp_path)
-    except OSError:
-      pass
-    raise
-
-
 def load_sequences(recipe: SequenceRecipe,
                    cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
   """Loads the sequences of a recipe from the cache, generating them if needed.
 
-  The recipe is validated first. The cache file is
-  :func:`sequence_cache_path` ``(recipe, cache_dir)``. When it is missing, the
-  digit bank ``digits.load_bank(recipe.source, recipe.split)`` is loaded (the
-  train and test banks are disjoint), the sequences are generated with
-  :func:`generate_sequences` and written atomically. A cache file that cannot
-  be read or does not match the recipe is regenerated with a warning. If the
-  cache cannot be written, a warning is issued and the generated sequences are
-  still returned.
+  Works as :func:`apdr_jax.data.scenes.load_scenes` does for scenes: the
+  recipe is validated, then the arrays are read from
+  :func:`sequence_cache_path` ``(recipe, cache_dir)``, or generated with
+  :func:`generate_sequences` from the digit bank of ``recipe.source`` and
+  ``recipe.split`` and written atomically. A bad cache file is regenerated and
+  an unwritable one skipped, each with a ``RuntimeWarning`` (see
+  :func:`apdr_jax.data.cache.load_or_generate`).
 
   Args:
     recipe: the sequence recipe.
-    cache_dir: cache directory; ``None`` means ``$APDR_JAX_CACHE`` or
-      ``~/.cache/apdr_jax``.
+    cache_dir: cache directory, or ``None`` for ``$APDR_JAX_CACHE`` (when set)
+      or else ``~/.cache/apdr_jax``.
 
   Returns:
     The dict of :func:`generate_sequences`: ``images`` uint8 ``[n, T, C, C]``,
@@ -541,25 +492,8 @@ def load_sequences(recipe: SequenceRecipe,
     DataError: if the digit bank cannot be loaded.
   """
   recipe.validate()
-  path = sequence_cache_path(recipe, cache_dir)
-  if os.path.exists(path):
-    try:
-      return _read_cache(path, recipe)
-    except Exception as exc:  # pylint: disable=broad-except
-      warnings.warn(
-          f"Sequence cache {path} is unreadable or stale "
-          f"({type(exc).__name__}: {exc}); regenerating it.",
-          RuntimeWarning,
-          stacklevel=2)
-  bank_images, bank_labels = digits_lib.load_bank(
-      recipe.source, recipe.split, sprite_size=recipe.digit_size)
-  data = generate_sequences(recipe, bank_images, bank_labels)
-  try:
-    _write_cache(path, recipe, data)
-  except OSError as exc:
-    warnings.warn(
-        f"Could not write the sequence cache {path} ({exc}); continuing "
-        "without a cache.",
-        RuntimeWarning,
-        stacklevel=2)
-  return data
+  return cache_lib.load_or_generate(
+      sequence_cache_path(recipe, cache_dir), recipe.to_json(),
+      SEQUENCE_FORMAT_VERSION, _expected_arrays(recipe),
+      lambda: generate_sequences(recipe, *_recipe_bank(recipe)),
+      what="sequence")
