@@ -346,6 +346,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   progress = _progress_bar(config, start_step, is_writer)
   last_time, last_step = time.perf_counter(), start_step
   compile_time = None
+  postfix = {}  # the progress bar keeps the last held-out accuracy
   try:
     for step in range(start_step + 1, config.num_steps + 1):
       state, metrics = update(state, train_images, train_key)
@@ -368,8 +369,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           last_time = time.perf_counter()  # evaluation is not training time
         writer.write(step, scalars)
         if progress is not None:
-          progress.set_postfix(elbo=f"{scalars['elbo']:.1f}",
-                               acc=f"{scalars.get('count_accuracy', float('nan')):.3f}")
+          postfix["elbo"] = f"{scalars['elbo']:.1f}"
+          if "count_accuracy" in scalars:
+            postfix["held_out_acc"] = f"{scalars['count_accuracy']:.3f}"
+          progress.set_postfix(postfix, refresh=False)
       if step % config.checkpoint_every == 0 or step == config.num_steps:
         _check_finite(state, step)
         checkpoints.save(mngr, step, state)

@@ -12,6 +12,13 @@ from apdr_jax import air
 from apdr_jax import distributions as dist
 from apdr_jax import objectives
 
+# Jitted once per config: eager op-by-op dispatch of these small models costs
+# far more test time than one compilation.
+infer = jax.jit(air.infer, static_argnums=0, static_argnames=("deterministic",))
+init_params = air.init_params  # jitted in the library
+log_weight_terms = jax.jit(air.log_weight_terms, static_argnums=0,
+                           static_argnames=("deterministic",))
+
 TINY = air.AIRConfig(canvas_size=16, num_slots=3, glimpse_size=6, z_what_dim=3,
                      lstm_size=8, mlp_size=8, presence_init=0.6)
 
@@ -21,14 +28,14 @@ def _images(batch, size=16, seed=0):
 
 
 def test_infer_shapes():
-  params = air.init_params(TINY, jax.random.key(0))
-  slots = air.infer(TINY, params, _images(5), jax.random.key(1))
+  params = init_params(TINY, jax.random.key(0))
+  slots = infer(TINY, params, _images(5), jax.random.key(1))
   chex.assert_shape(slots.z_where, (5, 3, 3))
   chex.assert_shape(slots.z_what, (5, 3, 3))
   chex.assert_shape([slots.presence, slots.active, slots.presence_prob,
                      slots.log_q_presence, slots.log_q_z], (5, 3))
   chex.assert_shape(slots.hidden, (5, 3, 8))
-  out = air.log_weight_terms(TINY, params, _images(5), jax.random.key(1), 0.1)
+  out = log_weight_terms(TINY, params, _images(5), jax.random.key(1), 0.1)
   chex.assert_shape([out.terms, out.score_log_q, out.baseline], (5, 4))
   chex.assert_shape(out.canvas, (5, 16, 16))
 
@@ -36,7 +43,7 @@ def test_infer_shapes():
 def test_default_parameter_count():
   """The standard architecture, counted layer by layer (DESIGN §4 sizes)."""
   c = air.AIRConfig()
-  params = air.init_params(c, jax.random.key(0))
+  params = jax.eval_shape(lambda: init_params(c, jax.random.key(0)))
   h, d, g, m = c.lstm_size, c.z_what_dim, c.glimpse_size ** 2, c.mlp_size
   lstm = (c.canvas_size ** 2 * 4 * h + 4 * h) + c.latent_dim * 4 * h + h * 4 * h + 2 * h
   presence = h + 1
@@ -49,8 +56,8 @@ def test_default_parameter_count():
 
 
 def test_presence_is_a_prefix_and_respects_max_steps():
-  params = air.init_params(TINY, jax.random.key(0))
-  slots = air.infer(TINY, params, _images(256), jax.random.key(2),
+  params = init_params(TINY, jax.random.key(0))
+  slots = infer(TINY, params, _images(256), jax.random.key(2),
                     max_steps=jnp.array([3, 1] * 128))
   presence = np.asarray(slots.presence)
   assert np.all(presence[:, 1:] <= presence[:, :-1])
@@ -62,8 +69,8 @@ def test_presence_is_a_prefix_and_respects_max_steps():
 
 def test_presence_prior_sums_to_truncated_geometric():
   """Summed over slots, the per-decision prior is DESIGN §3.1's p(n)."""
-  params = air.init_params(TINY, jax.random.key(0))
-  slots = air.infer(TINY, params, _images(256), jax.random.key(3))
+  params = init_params(TINY, jax.random.key(0))
+  slots = infer(TINY, params, _images(256), jax.random.key(3))
   rho = 0.2
   log_p_presence, _ = air.prior_log_probs(TINY, slots, rho)
   count = slots.presence.sum(-1)
@@ -74,8 +81,8 @@ def test_presence_prior_sums_to_truncated_geometric():
 
 def test_absent_slots_contribute_nothing():
   """Changing an absent slot's latents changes no term and has zero gradient."""
-  params = air.init_params(TINY, jax.random.key(0))
-  slots = air.infer(TINY, params, _images(4), jax.random.key(4))
+  params = init_params(TINY, jax.random.key(0))
+  slots = infer(TINY, params, _images(4), jax.random.key(4))
   presence = jnp.array([[1.0, 0.0, 0.0]] * 4)
   slots = slots._replace(presence=presence,
                          active=jnp.array([[1.0, 1.0, 0.0]] * 4))
@@ -88,20 +95,21 @@ def test_absent_slots_contribute_nothing():
     return (air.log_likelihood(TINY, images, canvas).sum() +
             log_p_presence.sum() + log_p_z.sum())
 
-  grad_what, grad_where = jax.grad(log_joint, argnums=(0, 1))(
+  grad_what, grad_where = jax.jit(jax.grad(log_joint, argnums=(0, 1)))(
       slots.z_what, slots.z_where)
   np.testing.assert_array_equal(grad_what[:, 1:], 0.0)
   np.testing.assert_array_equal(grad_where[:, 1:], 0.0)
   assert np.abs(grad_what[:, 0]).sum() > 0  # the present slot does matter
   noise = jax.random.normal(jax.random.key(5), slots.z_what.shape) * 3
   moved = slots.z_what.at[:, 1:].add(noise[:, 1:])
+  log_joint = jax.jit(log_joint)
   np.testing.assert_allclose(log_joint(moved, slots.z_where),
                              log_joint(slots.z_what, slots.z_where), rtol=1e-6)
 
 
 def test_inactive_decisions_have_zero_log_probs():
-  params = air.init_params(TINY, jax.random.key(0))
-  out = air.log_weight_terms(TINY, params, _images(256), jax.random.key(6), 0.1)
+  params = init_params(TINY, jax.random.key(0))
+  out = log_weight_terms(TINY, params, _images(256), jax.random.key(6), 0.1)
   slots = out.slots
   inactive = np.asarray(slots.active) == 0
   assert inactive.any()
@@ -123,7 +131,7 @@ RHO = 0.3
 
 
 def _enumerable_params(config, rng):
-  params = air.init_params(config, rng)
+  params = init_params(config, rng)
   zeros = lambda tree: jax.tree.map(jnp.zeros_like, tree)
   params["presence_head"]["kernel"] = zeros(params["presence_head"]["kernel"])
   params["presence_head"]["bias"] = jnp.full((1,), math.log(PI / (1 - PI)))
@@ -180,7 +188,7 @@ def test_elbo_and_log_marginal_match_enumeration():
   exact_elbo, exact_log_px = _exact(config, params, image)
   num = 20_000
   images = jnp.broadcast_to(image, (num,) + image.shape)
-  out = air.log_weight_terms(config, params, images, jax.random.key(8), RHO)
+  out = log_weight_terms(config, params, images, jax.random.key(8), RHO)
   log_weight = np.asarray(out.terms.sum(-1), np.float64)
   stderr = log_weight.std() / np.sqrt(num)
   assert abs(log_weight.mean() - exact_elbo) < 4 * stderr + 1e-3
@@ -202,7 +210,7 @@ def test_enumeration_detects_a_wrong_prior():
   exact_elbo, _ = _exact(config, params, image)
   num = 20_000
   images = jnp.broadcast_to(image, (num,) + image.shape)
-  out = air.log_weight_terms(config, params, images, jax.random.key(8), RHO)
+  out = log_weight_terms(config, params, images, jax.random.key(8), RHO)
   stop_terms = (out.slots.active * (1 - out.slots.presence) *
                 jnp.log1p(-RHO)).sum(-1)
   wrong = np.asarray(out.terms.sum(-1) - stop_terms, np.float64)
@@ -210,9 +218,9 @@ def test_enumeration_detects_a_wrong_prior():
 
 
 def test_deterministic_inference_is_repeatable():
-  params = air.init_params(TINY, jax.random.key(0))
-  a = air.infer(TINY, params, _images(3), jax.random.key(1), deterministic=True)
-  b = air.infer(TINY, params, _images(3), jax.random.key(2), deterministic=True)
+  params = init_params(TINY, jax.random.key(0))
+  a = infer(TINY, params, _images(3), jax.random.key(1), deterministic=True)
+  b = infer(TINY, params, _images(3), jax.random.key(2), deterministic=True)
   chex.assert_trees_all_close(a, b)
 
 
@@ -225,7 +233,7 @@ def test_rho_schedule(step, expected):
 
 def test_shared_first_state_equals_the_generic_first_step():
   """The image-only first step (computed once, shared) is the same LSTM step."""
-  params = air.init_params(TINY, jax.random.key(0))
+  params = init_params(TINY, jax.random.key(0))
   images = _images(4)
   gates = air.image_gates(TINY, params, images)
   learned = air.AIRNetworks(TINY).apply({"params": params}, 4,
@@ -233,6 +241,6 @@ def test_shared_first_state_equals_the_generic_first_step():
   shared = air.first_lstm_state(TINY, params, gates)
   generic = air.first_lstm_state(TINY, params, gates, initial_state=learned)
   chex.assert_trees_all_close(shared, generic, rtol=1e-6, atol=1e-6)
-  a = air.infer(TINY, params, images, jax.random.key(1), first_state=shared)
-  b = air.infer(TINY, params, images, jax.random.key(1), initial_state=learned)
+  a = infer(TINY, params, images, jax.random.key(1), first_state=shared)
+  b = infer(TINY, params, images, jax.random.key(1), initial_state=learned)
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
