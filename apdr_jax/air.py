@@ -311,18 +311,6 @@ def render_slots(config: AIRConfig, params, slots: Slots) -> jax.Array:
                             slots.z_where, slots.presence, size, size)
 
 
-def render_each_slot(config: AIRConfig, params, slots: Slots) -> jax.Array:
-  """Each slot rendered on its own canvas (for pictures), `[batch, N, H, W]`."""
-  batch, num_slots = slots.presence.shape
-  size = config.canvas_size
-  patches = decode(config, params, slots.z_what)
-  rendered = glimpse.render(
-      patches.reshape((batch * num_slots,) + patches.shape[2:]),
-      slots.z_where.reshape(batch * num_slots, 3), size, size,
-      config.render_method).reshape(batch, num_slots, size, size)
-  return rendered * slots.presence[:, :, None, None]
-
-
 def log_likelihood(config: AIRConfig, images: jax.Array,
                    canvas: jax.Array) -> jax.Array:
   """log N(x | canvas, std^2) summed over pixels, `[batch]`."""

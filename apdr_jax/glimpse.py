@@ -67,6 +67,34 @@ def _glimpse_sample_positions(z_where: jax.Array, glimpse_size: int,
   return rows, cols
 
 
+def _resample(sources: jax.Array, rows: jax.Array, cols: jax.Array,
+              method: Method) -> jax.Array:
+  """Bilinear samples of each source on the grid `rows x cols` (zero padded).
+
+  Args:
+    sources: `[batch, h, w]`.
+    rows: `[batch, out_h]` fractional row indices into `sources`.
+    cols: `[batch, out_w]` fractional column indices.
+    method: "separable" (two matmuls) or "gather" (four-neighbour gather).
+
+  Returns:
+    `[batch, out_h, out_w]`.
+  """
+  height, width = sources.shape[-2:]
+  if method == "separable":
+    a_rows = _interpolation_matrix(rows, height)  # [b, out_h, h]
+    a_cols = _interpolation_matrix(cols, width)  # [b, out_w, w]
+    return jnp.einsum("bih,bhw,bjw->bij", a_rows, sources, a_cols)
+  if method == "gather":
+    shape = rows.shape + cols.shape[-1:]
+    grid_rows = jnp.broadcast_to(rows[:, :, None], shape)
+    grid_cols = jnp.broadcast_to(cols[:, None, :], shape)
+    sample = lambda source, r, c: jax.scipy.ndimage.map_coordinates(
+        source, [r, c], order=1, mode="constant", cval=0.0)
+    return jax.vmap(sample)(sources, grid_rows, grid_cols)
+  raise ValueError(f"unknown glimpse method {method!r}")
+
+
 def extract(images: jax.Array, z_where: jax.Array, glimpse_size: int,
             method: Method = "gather") -> jax.Array:
   """Extracts one glimpse per `z_where` from its image.
@@ -82,18 +110,7 @@ def extract(images: jax.Array, z_where: jax.Array, glimpse_size: int,
   """
   height, width = images.shape[-2:]
   rows, cols = _glimpse_sample_positions(z_where, glimpse_size, height, width)
-  if method == "separable":
-    a_rows = _interpolation_matrix(rows, height)  # [b, g, H]
-    a_cols = _interpolation_matrix(cols, width)  # [b, g, W]
-    return jnp.einsum("bih,bhw,bjw->bij", a_rows, images, a_cols)
-  if method == "gather":
-    grid_rows = jnp.broadcast_to(rows[:, :, None], rows.shape + (glimpse_size,))
-    grid_cols = jnp.broadcast_to(cols[:, None, :], rows.shape[:1] +
-                                 (glimpse_size,) * 2)
-    sample = lambda image, r, c: jax.scipy.ndimage.map_coordinates(
-        image, [r, c], order=1, mode="constant", cval=0.0)
-    return jax.vmap(sample)(images, grid_rows, grid_cols)
-  raise ValueError(f"unknown glimpse method {method!r}")
+  return _resample(images, rows, cols, method)
 
 
 def _render_matrices(z_where: jax.Array, glimpse_size: int, height: int,
@@ -125,18 +142,7 @@ def render(glimpses: jax.Array, z_where: jax.Array, height: int, width: int,
   """
   glimpse_size = glimpses.shape[-1]
   rows, cols = _render_matrices(z_where, glimpse_size, height, width)
-  if method == "separable":
-    a_rows = _interpolation_matrix(rows, glimpse_size)  # [b, H, g]
-    a_cols = _interpolation_matrix(cols, glimpse_size)  # [b, W, g]
-    return jnp.einsum("bhi,bij,bwj->bhw", a_rows, glimpses, a_cols)
-  if method == "gather":
-    grid_rows = jnp.broadcast_to(rows[:, :, None], rows.shape + (width,))
-    grid_cols = jnp.broadcast_to(cols[:, None, :],
-                                 cols.shape[:1] + (height, width))
-    sample = lambda glimpse, r, c: jax.scipy.ndimage.map_coordinates(
-        glimpse, [r, c], order=1, mode="constant", cval=0.0)
-    return jax.vmap(sample)(glimpses, grid_rows, grid_cols)
-  raise ValueError(f"unknown glimpse method {method!r}")
+  return _resample(glimpses, rows, cols, method)
 
 
 def render_sum(glimpses: jax.Array, z_where: jax.Array, weights: jax.Array,

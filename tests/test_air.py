@@ -181,14 +181,21 @@ def _exact(config, params, image):
   return elbo, log_lik
 
 
-def test_elbo_and_log_marginal_match_enumeration():
-  config = TINY
-  params = _enumerable_params(config, jax.random.key(0))
+NUM_MC = 20_000
+
+
+def _enumerable_samples():
+  """Exact (ELBO, log p(x)) and `NUM_MC` samples of the enumerable model."""
+  params = _enumerable_params(TINY, jax.random.key(0))
   image = _images(1, seed=7)[0]
-  exact_elbo, exact_log_px = _exact(config, params, image)
-  num = 20_000
-  images = jnp.broadcast_to(image, (num,) + image.shape)
-  out = log_weight_terms(config, params, images, jax.random.key(8), RHO)
+  images = jnp.broadcast_to(image, (NUM_MC,) + image.shape)
+  out = log_weight_terms(TINY, params, images, jax.random.key(8), RHO)
+  return _exact(TINY, params, image), out
+
+
+def test_elbo_and_log_marginal_match_enumeration():
+  (exact_elbo, exact_log_px), out = _enumerable_samples()
+  num = NUM_MC
   log_weight = np.asarray(out.terms.sum(-1), np.float64)
   stderr = log_weight.std() / np.sqrt(num)
   assert abs(log_weight.mean() - exact_elbo) < 4 * stderr + 1e-3
@@ -204,13 +211,8 @@ def test_elbo_and_log_marginal_match_enumeration():
 
 def test_enumeration_detects_a_wrong_prior():
   """The same check fails if the presence prior's stop term is dropped."""
-  config = TINY
-  params = _enumerable_params(config, jax.random.key(0))
-  image = _images(1, seed=7)[0]
-  exact_elbo, _ = _exact(config, params, image)
-  num = 20_000
-  images = jnp.broadcast_to(image, (num,) + image.shape)
-  out = log_weight_terms(config, params, images, jax.random.key(8), RHO)
+  (exact_elbo, _), out = _enumerable_samples()
+  num = NUM_MC
   stop_terms = (out.slots.active * (1 - out.slots.presence) *
                 jnp.log1p(-RHO)).sum(-1)
   wrong = np.asarray(out.terms.sum(-1) - stop_terms, np.float64)
