@@ -104,3 +104,34 @@ class GaussianHead(nn.Module):
                          bias_init=nn.initializers.constant(self.scale_bias),
                          name="scale")(x)
     return loc, jax.nn.softplus(raw_scale) + self.min_scale
+
+
+class LSTM(nn.Module):
+  """A plain LSTM cell with a learned initial state.
+
+  `step(inputs, state)` works on any leading batch shape, so APDR runs one
+  prior RNN per object by giving it `[batch, N, ...]` inputs.
+  """
+  hidden_size: int
+
+  def setup(self):
+    self.input_dense = nn.Dense(4 * self.hidden_size, name="input")
+    self.hidden_dense = nn.Dense(4 * self.hidden_size, use_bias=False,
+                                 name="hidden")
+    self.initial_hidden = self.param("initial_hidden", nn.initializers.zeros,
+                                     (self.hidden_size,))
+    self.initial_cell = self.param("initial_cell", nn.initializers.zeros,
+                                   (self.hidden_size,))
+
+  def initial_state(self, batch_shape: tuple[int, ...]) -> LSTMState:
+    """The learned initial state broadcast to `batch_shape + [hidden]`."""
+    shape = tuple(batch_shape) + (self.hidden_size,)
+    return LSTMState(jnp.broadcast_to(self.initial_hidden, shape),
+                     jnp.broadcast_to(self.initial_cell, shape))
+
+  def step(self, inputs: jax.Array, state: LSTMState) -> LSTMState:
+    """`inputs [..., in]`, `state [..., hidden]` each -> the new state."""
+    gates = self.input_dense(inputs) + self.hidden_dense(state.hidden)
+    i, f, g, o = jnp.split(gates, 4, axis=-1)
+    cell = jax.nn.sigmoid(f + 1.0) * state.cell + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return LSTMState(jax.nn.sigmoid(o) * jnp.tanh(cell), cell)

@@ -1,0 +1,631 @@
+"""APDR (SQAIR): AIR over image sequences, notes §8 with DESIGN §3.
+
+Each frame `t` runs two phases over `N` fixed object slots:
+
+* **Propagation** (eq. 24-26): a masked `lax.scan` over the previous frame's
+  objects (compacted to the front). Object `i` takes a glimpse around its
+  previous location, and from it, its previous latents, the temporal state
+  `h^q_t` and the relation state `h^{P,i}_t` (an RNN over the objects
+  propagated before it) samples survival `b^{P,i}` and new latents.
+* **Discovery** (eq. 27-28) *is* `air.infer`, conditioned on the relation
+  state after the last object (`context = h^{P,k_t}`) and limited to
+  `N - k_t` steps.
+
+The prior (eq. 13-16) runs one prior RNN per object (shared weights, its own
+state; newly discovered objects start from the learned initial state) for
+survival and a Gaussian transition of `z_where` and `z_what`; discovery uses
+AIR's prior truncated at `N - k_t`. After both phases the present objects are
+compacted to the front in a stable order; a propagated object keeps its id,
+and discovered objects get fresh ids.
+
+The log-weight is split per frame (DESIGN §3.3): `w_t = log p(x_t | z_t) +
+log p(z_t, n_t, k_t | past) - log q(z_t, n_t, k_t | x_t, past)`, ordered as
+`[propagation slots (N), discovery slots (N), likelihood]`, so that the
+objectives in `objectives.py` give each presence decision the credit of only
+the terms it can influence (the later ones). Time is a `lax.scan`.
+"""
+
+import dataclasses
+import functools
+import math
+from typing import NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from apdr_jax import air
+from apdr_jax import distributions as dist
+from apdr_jax import glimpse
+from apdr_jax import networks
+
+
+@dataclasses.dataclass(frozen=True)
+class APDRConfig:
+  """Architecture of APDR; `air` configures discovery and the shared decoder.
+
+  Attributes:
+    air: the discovery model (its `context_dim` must equal `relation_size`).
+    hidden_size: width of the propagation MLPs and of the temporal and prior
+      RNNs.
+    relation_size: width of the relation RNN `R^P`.
+    survival_init: initial survival probability of q and of the prior.
+    transition_scale_init: initial std of the prior's `z_where` transition
+      (its `z_what` transition starts at 1).
+  """
+  air: air.AIRConfig
+  hidden_size: int = 256
+  relation_size: int = 256
+  survival_init: float = 0.95
+  transition_scale_init: float = 0.1
+
+  def __post_init__(self):
+    if self.air.context_dim != self.relation_size:
+      raise ValueError(f"air.context_dim={self.air.context_dim} must equal "
+                       f"relation_size={self.relation_size}")
+
+  @property
+  def num_slots(self) -> int:
+    return self.air.num_slots
+
+  @property
+  def terms_per_frame(self) -> int:
+    """Propagation slots, discovery slots, likelihood."""
+    return 2 * self.air.num_slots + 1
+
+
+def _logit(p: float) -> float:
+  return math.log(p / (1.0 - p))
+
+
+def _inverse_softplus(y: float) -> float:
+  return math.log(math.expm1(y))
+
+
+class APDRNetworks(nn.Module):
+  """All of APDR's networks; call methods through `apply(..., method=...)`."""
+  config: APDRConfig
+
+  def setup(self):
+    c, a = self.config, self.config.air
+    small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
+    self.air = air.AIRNetworks(a)
+    # Inference: temporal state h^q over the previous frame's objects.
+    self.object_embed = networks.MLP((c.hidden_size,), c.hidden_size)
+    self.temporal_rnn = networks.LSTM(c.hidden_size)
+    # Propagation posterior.
+    self.prop_glimpse = networks.MLP((a.mlp_size,), c.hidden_size)
+    self.prop_core = networks.MLP((c.hidden_size,), c.hidden_size)
+    self.prop_presence = nn.Dense(
+        1, kernel_init=small,
+        bias_init=nn.initializers.constant(_logit(c.survival_init)))
+    self.prop_where = networks.GaussianHead(
+        3, scale_bias=_inverse_softplus(a.where_scale_init))
+    self.prop_what = networks.GaussianHead(
+        a.z_what_dim, hidden_sizes=(a.mlp_size,), scale_bias=0.0)
+    self.relation_rnn = networks.LSTM(c.relation_size)
+    self.prop_baseline = networks.MLP((a.mlp_size,), 1)
+    # Propagation prior: one RNN per object with shared weights.
+    self.prior_rnn = networks.LSTM(c.hidden_size)
+    self.prior_survival = nn.Dense(
+        1, kernel_init=small,
+        bias_init=nn.initializers.constant(_logit(c.survival_init)))
+    self.prior_where = networks.GaussianHead(
+        3, scale_bias=_inverse_softplus(c.transition_scale_init))
+    self.prior_what = networks.GaussianHead(
+        a.z_what_dim, scale_bias=_inverse_softplus(1.0))
+
+  # --- temporal and prior RNNs ------------------------------------------------
+  def temporal_initial(self, batch: int) -> networks.LSTMState:
+    return self.temporal_rnn.initial_state((batch,))
+
+  def temporal_step(self, z_where, z_what, presence, state):
+    """h^q_t from the previous frame's objects (a masked sum: a set input)."""
+    embedded = self.object_embed(jnp.concatenate([z_where, z_what], -1))
+    summary = (presence[..., None] * jax.nn.relu(embedded)).sum(-2)
+    return self.temporal_rnn.step(summary, state)
+
+  def prior_initial(self, batch_shape) -> networks.LSTMState:
+    return self.prior_rnn.initial_state(batch_shape)
+
+  def prior_step(self, z_where, z_what, state):
+    """`[..., N, ...]`: each object's prior state after its latents."""
+    return self.prior_rnn.step(jnp.concatenate([z_where, z_what], -1), state)
+
+  def prior_heads(self, hidden, z_where, z_what):
+    """Survival prob `[...]`, (loc, scale) of `z_where` and of `z_what`."""
+    survival = jax.nn.sigmoid(self.prior_survival(hidden)[..., 0])
+    return (survival, self.prior_where(hidden, z_where),
+            self.prior_what(hidden, z_what))
+
+  # --- propagation posterior --------------------------------------------------
+  def glimpse_features(self, patches_flat):
+    return jax.nn.relu(self.prop_glimpse(patches_flat))
+
+  def prop_hidden(self, features, z_where, z_what, temporal, relation):
+    inputs = jnp.concatenate([features, z_where, z_what, temporal, relation], -1)
+    return jax.nn.relu(self.prop_core(inputs))
+
+  def prop_heads(self, hidden, z_where):
+    """Survival prob `[batch]` and `z_where` (loc, scale) around the old one."""
+    prob = jax.nn.sigmoid(self.prop_presence(hidden)[..., 0])
+    return prob, self.prop_where(hidden, z_where)
+
+  def prop_encode(self, patch_flat, hidden, z_what):
+    """`z_what` (loc, scale), a residual on the object's previous `z_what`."""
+    return self.prop_what(jnp.concatenate([patch_flat, hidden], -1), z_what)
+
+  def relation_initial(self, batch: int) -> networks.LSTMState:
+    return self.relation_rnn.initial_state((batch,))
+
+  def relation_step(self, z_where, z_what, presence, state):
+    inputs = jnp.concatenate([presence[:, None] * z_where,
+                              presence[:, None] * z_what, presence[:, None]], -1)
+    return self.relation_rnn.step(inputs, state)
+
+  def prop_baseline_value(self, hidden):
+    return self.prop_baseline(jax.lax.stop_gradient(hidden))[..., 0]
+
+  def __call__(self, images):
+    """Touches every network once (used only by `init`)."""
+    c, a = self.config, self.config.air
+    batch = images.shape[0]
+    self.air(images)
+    z_where = jnp.zeros((batch, c.num_slots, 3))
+    z_what = jnp.zeros((batch, c.num_slots, a.z_what_dim))
+    presence = jnp.zeros((batch, c.num_slots))
+    temporal = self.temporal_step(z_where, z_what, presence,
+                                  self.temporal_initial(batch))
+    prior = self.prior_step(z_where, z_what, self.prior_initial(
+        (batch, c.num_slots)))
+    self.prior_heads(prior.hidden, z_where, z_what)
+    relation = self.relation_step(z_where[:, 0], z_what[:, 0], presence[:, 0],
+                                  self.relation_initial(batch))
+    features = self.glimpse_features(jnp.zeros((batch, a.glimpse_size ** 2)))
+    hidden = self.prop_hidden(features, z_where[:, 0], z_what[:, 0],
+                              temporal.hidden, relation.hidden)
+    self.prop_heads(hidden, z_where[:, 0])
+    self.prop_encode(jnp.zeros((batch, a.glimpse_size ** 2)), hidden,
+                     z_what[:, 0])
+    return self.prop_baseline_value(hidden)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def init_params(config: APDRConfig, rng: jax.Array):
+  """Initial parameters of `APDRNetworks(config)`; `params["air"]` is AIR's."""
+  images = jnp.zeros((1, config.air.canvas_size, config.air.canvas_size))
+  return APDRNetworks(config).init(rng, images)["params"]
+
+
+def _call(config, params, method, *args):
+  return APDRNetworks(config).apply({"params": params}, *args, method=method)
+
+
+class Objects(NamedTuple):
+  """The objects of one frame, compacted to the front of `N` slots.
+
+  Attributes:
+    z_where: `[batch, N, 3]`.
+    z_what: `[batch, N, D]`.
+    presence: `[batch, N]` in {0, 1}, a prefix of ones.
+    ids: `[batch, N]` int32 persistent object ids, -1 where absent.
+    prior_state: each object's prior-RNN state, `[batch, N, hidden]` each.
+  """
+  z_where: jax.Array
+  z_what: jax.Array
+  presence: jax.Array
+  ids: jax.Array
+  prior_state: networks.LSTMState
+
+
+class Carry(NamedTuple):
+  """What frame `t` hands to frame `t + 1`.
+
+  Attributes:
+    objects: the frame's `Objects`.
+    temporal: the temporal state `h^q`, `[batch, hidden]` each.
+    next_id: `[batch]` int32, the id the next discovered object gets.
+  """
+  objects: Objects
+  temporal: networks.LSTMState
+  next_id: jax.Array
+
+
+def initial_carry(config: APDRConfig, params, batch: int) -> Carry:
+  """No objects, learned initial temporal state, ids from 0."""
+  n, d = config.num_slots, config.air.z_what_dim
+  neutral = jnp.array([config.air.scale_prior_mean, 0.0, 0.0])
+  objects = Objects(
+      z_where=jnp.broadcast_to(neutral, (batch, n, 3)), z_what=jnp.zeros((batch, n, d)),
+      presence=jnp.zeros((batch, n)), ids=jnp.full((batch, n), -1, jnp.int32),
+      prior_state=_call(config, params, APDRNetworks.prior_initial, (batch, n)))
+  return Carry(objects,
+               _call(config, params, APDRNetworks.temporal_initial, batch),
+               jnp.zeros((batch,), jnp.int32))
+
+
+class Propagated(NamedTuple):
+  """The propagation phase's samples and log-probabilities, `[batch, N, ...]`.
+
+  `active` marks the slots that held an object in the previous frame (a
+  survival decision was taken); `presence` is the survival bit `b^P`.
+  """
+  z_where: jax.Array
+  z_what: jax.Array
+  presence: jax.Array
+  active: jax.Array
+  log_q_presence: jax.Array
+  log_q_z: jax.Array
+  log_p_presence: jax.Array
+  log_p_z: jax.Array
+  baseline: jax.Array
+  relation: networks.LSTMState  # after the last object: h^{P, k_t}
+  prior_state: networks.LSTMState  # h^{prior}_t of each previous object
+
+
+def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
+              temporal: networks.LSTMState, rng: jax.Array,
+              deterministic: bool = False) -> Propagated:
+  """Samples q^P(z^P_t, k_t | x_t, z_{t-1}, h^q_t) and scores it under p^P.
+
+  Args:
+    config: the architecture.
+    params: `APDRNetworks` parameters.
+    image: `[batch, H, W]`, frame `t`.
+    carry: the previous frame's objects.
+    temporal: `h^q_t`.
+    rng: a key.
+    deterministic: posterior modes instead of samples.
+
+  Returns:
+    `Propagated`.
+  """
+  a = config.air
+  prev = carry.objects
+  batch, n = prev.presence.shape
+  call = functools.partial(_call, config, params)
+  # The prior's step for every object at once (eq. 16), then its heads.
+  prior_state = call(APDRNetworks.prior_step, prev.z_where, prev.z_what,
+                     prev.prior_state)
+  survival, (p_where_loc, p_where_scale), (p_what_loc, p_what_scale) = call(
+      APDRNetworks.prior_heads, prior_state.hidden, prev.z_where, prev.z_what)
+  # The glimpse around each previous location does not depend on the other
+  # objects: extract and encode all of them before the sequential scan.
+  tile = lambda x: jnp.repeat(x, n, axis=0)
+  patches = glimpse.extract(tile(image), prev.z_where.reshape(batch * n, 3),
+                            a.glimpse_size, a.extract_method)
+  features = call(APDRNetworks.glimpse_features,
+                  patches.reshape(batch * n, -1)).reshape(batch, n, -1)
+
+  def step(relation, inputs):
+    feat, where_prev, what_prev, active, key = inputs
+    where_key, what_key, presence_key = jax.random.split(key, 3)
+    hidden = call(APDRNetworks.prop_hidden, feat, where_prev, what_prev,
+                  temporal.hidden, relation.hidden)
+    prob, (where_loc, where_scale) = call(APDRNetworks.prop_heads, hidden,
+                                          where_prev)
+    if deterministic:
+      presence = (prob > 0.5).astype(prob.dtype) * active
+      z_where = where_loc
+    else:
+      presence = dist.bernoulli_sample(presence_key, prob) * active
+      z_where = dist.normal_sample(where_key, where_loc, where_scale)
+    patch = glimpse.extract(image, z_where, a.glimpse_size, a.extract_method)
+    what_loc, what_scale = call(APDRNetworks.prop_encode,
+                                patch.reshape(batch, -1), hidden, what_prev)
+    z_what = what_loc if deterministic else dist.normal_sample(
+        what_key, what_loc, what_scale)
+    log_q_z = presence * (
+        dist.normal_log_prob(z_where, where_loc, where_scale).sum(-1) +
+        dist.normal_log_prob(z_what, what_loc, what_scale).sum(-1))
+    log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
+    new_relation = call(APDRNetworks.relation_step, z_where, z_what, presence,
+                        relation)
+    # Only objects that existed in the previous frame move the relation RNN.
+    relation = jax.tree.map(
+        lambda new, old: jnp.where(active[:, None] > 0, new, old),
+        new_relation, relation)
+    baseline = call(APDRNetworks.prop_baseline_value, hidden)
+    return relation, (z_where, z_what, presence, log_q_presence, log_q_z,
+                      baseline)
+
+  swap = lambda x: jnp.swapaxes(x, 0, 1)
+  relation0 = call(APDRNetworks.relation_initial, batch)
+  relation, outputs = jax.lax.scan(
+      step, relation0,
+      (swap(features), swap(prev.z_where), swap(prev.z_what),
+       swap(prev.presence), jax.random.split(rng, n)), unroll=True)
+  z_where, z_what, presence, log_q_presence, log_q_z, baseline = (
+      swap(x) for x in outputs)
+  active = prev.presence
+  log_p_presence = active * dist.bernoulli_log_prob(presence, survival)
+  log_p_z = presence * (
+      dist.normal_log_prob(z_where, p_where_loc, p_where_scale).sum(-1) +
+      dist.normal_log_prob(z_what, p_what_loc, p_what_scale).sum(-1))
+  return Propagated(z_where, z_what, presence, active, log_q_presence, log_q_z,
+                    log_p_presence, log_p_z, baseline, relation, prior_state)
+
+
+def _compact(config: APDRConfig, params, carry: Carry, prop: Propagated,
+             disc: air.Slots) -> Objects:
+  """Present objects to the front, propagated first, each in a stable order.
+
+  Propagated objects keep their ids and prior states; discovered ones get
+  `next_id, next_id + 1, ...` and the prior RNN's learned initial state.
+  """
+  batch, n = prop.presence.shape
+  presence = jnp.concatenate([prop.presence, disc.presence], 1)  # [B, 2N]
+  new_ids = carry.next_id[:, None] + jnp.arange(n, dtype=jnp.int32)[None]
+  ids = jnp.concatenate([carry.objects.ids, new_ids], 1)
+  fresh = _call(config, params, APDRNetworks.prior_initial, (batch, n))
+  prior = jax.tree.map(lambda p, f: jnp.concatenate([p, f], 1),
+                       prop.prior_state, fresh)
+  # Stable: among present slots the order is kept (k_t + n_t <= N, so no
+  # present object is ever cut off).
+  order = jnp.argsort(1.0 - presence, axis=1, stable=True)[:, :n]
+  take = lambda x: jnp.take_along_axis(
+      x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
+  kept = take(presence)
+  return Objects(
+      z_where=take(jnp.concatenate([prop.z_where, disc.z_where], 1)),
+      z_what=take(jnp.concatenate([prop.z_what, disc.z_what], 1)),
+      presence=kept,
+      ids=jnp.where(kept > 0, take(ids), -1),
+      prior_state=jax.tree.map(take, prior))
+
+
+def _clean(config: APDRConfig, objects: Objects) -> Objects:
+  """Puts neutral latents (the prior mean) into absent slots.
+
+  Absent slots carry whatever was compacted behind the present ones; a
+  glimpse taken at a scale near 0 would be non-finite, and a mask multiplied
+  with NaN is still NaN. `where` also stops their gradients.
+  """
+  a = config.air
+  present = objects.presence[..., None] > 0
+  neutral = jnp.array([a.scale_prior_mean, 0.0, 0.0])
+  return objects._replace(
+      z_where=jnp.where(present, objects.z_where, neutral),
+      z_what=jnp.where(present, objects.z_what, 0.0))
+
+
+class FrameOutputs(NamedTuple):
+  """One frame's log-weight terms and what evaluation reads, `[batch, ...]`.
+
+  Attributes:
+    terms: `[batch, 2N + 1]`: per propagation slot and per discovery slot
+      `log p - log q` of its decision and latents, then `log p(x_t | z_t)`.
+    score_log_q: `[batch, 2N + 1]`, log q of each presence decision (0 for
+      the likelihood column).
+    baseline: `[batch, 2N + 1]`, NVIL's baseline per decision.
+    log_likelihood: `[batch]`.
+    kl: `[batch]`, `log q - log p` of the frame's latents.
+    objects: the frame's compacted `Objects` (without the prior state).
+    num_propagated: `[batch]`, `k_t`.
+    num_discovered: `[batch]`, `n_t`.
+    canvas: `[batch, H, W]` or None.
+  """
+  terms: jax.Array
+  score_log_q: jax.Array
+  baseline: jax.Array
+  log_likelihood: jax.Array
+  kl: jax.Array
+  z_where: jax.Array
+  presence: jax.Array
+  ids: jax.Array
+  num_propagated: jax.Array
+  num_discovered: jax.Array
+  canvas: jax.Array | None
+
+
+def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
+               image_gates: jax.Array, rng: jax.Array, rho: jax.Array,
+               deterministic: bool = False, with_canvas: bool = False):
+  """One frame: propagate, discover, render, score, compact (Algorithm 1).
+
+  Args:
+    config: the architecture.
+    params: `APDRNetworks` parameters.
+    carry: the previous frame's `Carry`.
+    image: `[batch, H, W]`.
+    image_gates: `[batch, 4*lstm]`, AIR's image gates of this frame.
+    rng: a key.
+    rho: the discovery prior's probability of one more object.
+    deterministic: posterior modes instead of samples.
+    with_canvas: also return the reconstruction.
+
+  Returns:
+    `(new Carry, FrameOutputs)`.
+  """
+  a = config.air
+  prop_key, disc_key = jax.random.split(rng)
+  carry = carry._replace(objects=_clean(config, carry.objects))
+  prev = carry.objects
+  temporal = _call(config, params, APDRNetworks.temporal_step, prev.z_where,
+                   prev.z_what, prev.presence, carry.temporal)
+  prop = propagate(config, params, image, carry, temporal, prop_key,
+                   deterministic)
+  num_propagated = prop.presence.sum(-1)
+  max_steps = config.num_slots - num_propagated.astype(jnp.int32)
+  disc = air.infer(a, params["air"], image, disc_key, image_gates=image_gates,
+                   context=prop.relation.hidden, max_steps=max_steps,
+                   deterministic=deterministic)
+  disc_log_p_presence, disc_log_p_z = air.prior_log_probs(a, disc, rho)
+  # Render every present object of both phases (absent slots weigh 0).
+  z_what = jnp.concatenate([prop.z_what, disc.z_what], 1)
+  z_where = jnp.concatenate([prop.z_where, disc.z_where], 1)
+  presence = jnp.concatenate([prop.presence, disc.presence], 1)
+  canvas = glimpse.render_sum(air.decode(a, params["air"], z_what), z_where,
+                              presence, a.canvas_size, a.canvas_size)
+  log_lik = air.log_likelihood(a, image, canvas)
+  prop_kl = (prop.log_q_presence + prop.log_q_z - prop.log_p_presence -
+             prop.log_p_z)
+  disc_kl = (disc.log_q_presence + disc.log_q_z - disc_log_p_presence -
+             disc_log_p_z)
+  terms = jnp.concatenate([-prop_kl, -disc_kl, log_lik[:, None]], 1)
+  score_log_q = jnp.concatenate([prop.log_q_presence, disc.log_q_presence,
+                                 jnp.zeros_like(log_lik)[:, None]], 1)
+  disc_baseline = jax.vmap(
+      lambda h: air._call(a, params["air"], air.AIRNetworks.baseline_value, h),
+      in_axes=1, out_axes=1)(disc.hidden)
+  baseline = jnp.concatenate([prop.baseline, disc_baseline,
+                              jnp.zeros_like(log_lik)[:, None]], 1)
+  objects = _compact(config, params, carry, prop, disc)
+  num_discovered = disc.presence.sum(-1)
+  new_carry = Carry(objects, temporal,
+                    carry.next_id + num_discovered.astype(jnp.int32))
+  outputs = FrameOutputs(
+      terms, score_log_q, baseline, log_lik,
+      prop_kl.sum(-1) + disc_kl.sum(-1), objects.z_where, objects.presence,
+      objects.ids, num_propagated, num_discovered,
+      canvas if with_canvas else None)
+  return new_carry, outputs
+
+
+class SequenceTerms(NamedTuple):
+  """A sequence's log-weight, term by term, and the per-frame outputs.
+
+  Attributes:
+    terms: `[batch, T * (2N + 1)]`, frame after frame (see `FrameOutputs`);
+      `terms.sum(-1)` is `sum_t w_t`, the sequence log-weight.
+    score_log_q: `[batch, T * (2N + 1)]`.
+    baseline: `[batch, T * (2N + 1)]`.
+    log_likelihood: `[batch]`, summed over frames.
+    kl: `[batch]`, summed over frames.
+    frames: `FrameOutputs` with fields `[batch, T, ...]`.
+  """
+  terms: jax.Array
+  score_log_q: jax.Array
+  baseline: jax.Array
+  log_likelihood: jax.Array
+  kl: jax.Array
+  frames: FrameOutputs
+
+
+def image_gates(config: APDRConfig, params, images: jax.Array) -> jax.Array:
+  """AIR's image gates of every frame at once: `[B, T, H, W] -> [B, T, 4L]`."""
+  b, t = images.shape[:2]
+  gates = air.image_gates(config.air, params["air"],
+                          images.reshape((b * t,) + images.shape[2:]))
+  return gates.reshape(b, t, -1)
+
+
+def log_weight_terms(config: APDRConfig, params, images: jax.Array,
+                     rng: jax.Array, rho: jax.Array, *,
+                     gates: jax.Array | None = None,
+                     deterministic: bool = False,
+                     with_canvas: bool = False) -> SequenceTerms:
+  """Samples q over a sequence once per input and returns its log-weight.
+
+  Args:
+    config: the architecture.
+    params: `APDRNetworks` parameters.
+    images: `[batch, T, H, W]` in [0, 1].
+    rng: a key (one per frame is folded in).
+    rho: scalar, the discovery prior's probability of one more object.
+    gates: optional `[batch, T, 4*lstm]` from `image_gates`, to share it
+      across samples.
+    deterministic: posterior modes (evaluation).
+    with_canvas: also return the reconstructions in `frames.canvas`.
+
+  Returns:
+    `SequenceTerms`.
+  """
+  batch, num_frames = images.shape[:2]
+  if gates is None:
+    gates = image_gates(config, params, images)
+
+  def step(carry, inputs):
+    image, gate, index = inputs
+    return frame_step(config, params, carry, image, gate,
+                      jax.random.fold_in(rng, index), rho, deterministic,
+                      with_canvas)
+
+  swap = lambda x: jnp.swapaxes(x, 0, 1)
+  _, frames = jax.lax.scan(
+      step, initial_carry(config, params, batch),
+      (swap(images), swap(gates), jnp.arange(num_frames)))
+  frames = jax.tree.map(swap, frames)
+  flat = lambda x: x.reshape(batch, -1)
+  return SequenceTerms(flat(frames.terms), flat(frames.score_log_q),
+                       flat(frames.baseline), frames.log_likelihood.sum(-1),
+                       frames.kl.sum(-1), frames)
+
+
+def predict(config: APDRConfig, params, images: jax.Array, num_future: int,
+            rng: jax.Array, rho: jax.Array, deterministic: bool = True):
+  """Infers the observed frames, then rolls the prior forward `num_future`.
+
+  Every object propagates through its prior RNN (survival and transition; the
+  means when `deterministic`), and new objects come from the discovery prior
+  (AIR's prior, truncated at `N - k_t`).
+
+  Args:
+    config: the architecture.
+    params: `APDRNetworks` parameters.
+    images: `[batch, T0, H, W]`, the conditioning frames.
+    num_future: frames to predict.
+    rng: a key.
+    rho: the discovery prior's ρ.
+    deterministic: use means and `survival > 0.5` instead of samples.
+
+  Returns:
+    dict: `canvas [batch, num_future, H, W]` (the mean of p(x | z)),
+    `z_where [batch, num_future, N, 3]`, `presence`, `ids` `[batch,
+    num_future, N]`.
+  """
+  a = config.air
+  batch, observed = images.shape[:2]
+  infer_key, future_key = jax.random.split(rng)
+  gates = image_gates(config, params, images)
+
+  def observe(carry, inputs):
+    image, gate, index = inputs
+    carry, _ = frame_step(config, params, carry, image, gate,
+                          jax.random.fold_in(infer_key, index), rho,
+                          deterministic)
+    return carry, None
+
+  swap = lambda x: jnp.swapaxes(x, 0, 1)
+  carry, _ = jax.lax.scan(observe, initial_carry(config, params, batch),
+                          (swap(images), swap(gates), jnp.arange(observed)))
+
+  def imagine(objects_next_id, key):
+    objects, next_id = objects_next_id
+    keys = jax.random.split(key, 5)
+    call = functools.partial(_call, config, params)
+    state = call(APDRNetworks.prior_step, objects.z_where, objects.z_what,
+                 objects.prior_state)
+    survival, (where_loc, where_scale), (what_loc, what_scale) = call(
+        APDRNetworks.prior_heads, state.hidden, objects.z_where, objects.z_what)
+    if deterministic:
+      alive = (survival > 0.5).astype(survival.dtype) * objects.presence
+      z_where, z_what = where_loc, what_loc
+    else:
+      alive = dist.bernoulli_sample(keys[0], survival) * objects.presence
+      z_where = dist.normal_sample(keys[1], where_loc, where_scale)
+      z_what = dist.normal_sample(keys[2], what_loc, what_scale)
+    # Discovery prior: Bernoulli(rho) per free slot until the first zero.
+    free = config.num_slots - alive.sum(-1)
+    born = jnp.cumprod(jax.random.bernoulli(keys[3], rho, alive.shape), 1)
+    born = born * (jnp.arange(config.num_slots)[None] < free[:, None])
+    if deterministic:
+      born = jnp.zeros_like(born)
+    _, new_where, new_what, _ = air.sample_prior(a, params["air"], keys[4],
+                                                 batch, 1.0)
+    prop = Propagated(z_where, z_what, alive, objects.presence, *(
+        (jnp.zeros_like(alive),) * 5), None, state)
+    disc = air.Slots(new_where, new_what, born.astype(alive.dtype), None, None,
+                     None, None, None, None)
+    carry_like = Carry(objects, None, next_id)
+    new = _compact(config, params, carry_like, prop, disc)
+    canvas = air.render_slots(a, params["air"], air.Slots(
+        new.z_where, new.z_what, new.presence, *([None] * 6)))
+    next_id = next_id + born.sum(-1).astype(jnp.int32)
+    return (new, next_id), (canvas, new.z_where, new.presence, new.ids)
+
+  _, (canvas, z_where, presence, ids) = jax.lax.scan(
+      imagine, (carry.objects, carry.next_id),
+      jax.random.split(future_key, num_future))
+  return dict(canvas=swap(canvas), z_where=swap(z_where),
+              presence=swap(presence), ids=swap(ids))

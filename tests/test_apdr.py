@@ -1,0 +1,319 @@
+"""APDR: shapes, masking, compaction and ids, and the per-time-step log-weights
+against the exact sequence ELBO by enumeration (notes §8.3, DESIGN §3.3)."""
+
+import itertools
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from apdr_jax import air
+from apdr_jax import apdr
+from apdr_jax import networks
+from apdr_jax import objectives
+
+TINY_AIR = air.AIRConfig(canvas_size=16, num_slots=2, glimpse_size=6,
+                         z_what_dim=3, lstm_size=12, mlp_size=10, context_dim=8)
+TINY = apdr.APDRConfig(air=TINY_AIR, hidden_size=10, relation_size=8)
+
+
+def _sequences(batch, frames, seed=0):
+  return jax.random.uniform(jax.random.key(seed), (batch, frames, 16, 16))
+
+
+@pytest.fixture(scope="module")
+def params():
+  return apdr.init_params(TINY, jax.random.key(0))
+
+
+def test_shapes(params):
+  batch, frames, n = 3, 4, TINY.num_slots
+  out = jax.jit(lambda p, x, k: apdr.log_weight_terms(
+      TINY, p, x, k, 0.3, with_canvas=True))(params, _sequences(batch, frames),
+                                               jax.random.key(1))
+  s = frames * (2 * n + 1)
+  for field in (out.terms, out.score_log_q, out.baseline):
+    chex.assert_shape(field, (batch, s))
+  chex.assert_shape([out.log_likelihood, out.kl], (batch,))
+  chex.assert_shape(out.frames.z_where, (batch, frames, n, 3))
+  chex.assert_shape([out.frames.presence, out.frames.ids], (batch, frames, n))
+  chex.assert_shape(out.frames.canvas, (batch, frames, 16, 16))
+  chex.assert_tree_all_finite(out)
+  # The likelihood and KL parts add up to the log-weight.
+  np.testing.assert_allclose(out.terms.sum(-1), out.log_likelihood - out.kl,
+                             rtol=1e-5, atol=1e-3)
+
+
+def test_config_rejects_mismatched_context():
+  with pytest.raises(ValueError, match="context_dim"):
+    apdr.APDRConfig(air=TINY_AIR, relation_size=5)
+
+
+def _set_presence(params, survival_logit=None, discovery_logit=None):
+  """Makes q's survival / discovery presence probability a constant."""
+  params = jax.tree.map(lambda x: x, params)  # a copy
+  if survival_logit is not None:
+    head = params["prop_presence"]
+    head["kernel"] = jnp.zeros_like(head["kernel"])
+    head["bias"] = jnp.full_like(head["bias"], survival_logit)
+  if discovery_logit is not None:
+    head = params["air"]["presence_head"]
+    head["kernel"] = jnp.zeros_like(head["kernel"])
+    head["bias"] = jnp.full_like(head["bias"], discovery_logit)
+  return params
+
+
+def test_ids_persist_while_objects_survive(params):
+  """Survival certain: the first frame's objects keep their ids and slots,
+  and nothing is discovered once all N slots are taken (N - k_t = 0)."""
+  p = _set_presence(params, survival_logit=30.0, discovery_logit=30.0)
+  out = apdr.log_weight_terms(TINY, p, _sequences(2, 5), jax.random.key(3), 0.5)
+  ids = np.asarray(out.frames.ids)
+  np.testing.assert_array_equal(ids, np.broadcast_to([0, 1], ids.shape))
+  np.testing.assert_array_equal(out.frames.num_discovered[:, 1:], 0)
+  np.testing.assert_array_equal(out.frames.num_propagated[:, 1:], 2)
+
+
+def test_forgotten_objects_free_their_slots_and_new_ones_get_new_ids(params):
+  """Survival impossible: every frame forgets all objects and rediscovers
+  N new ones, whose ids continue from the last."""
+  p = _set_presence(params, survival_logit=-30.0, discovery_logit=30.0)
+  out = apdr.log_weight_terms(TINY, p, _sequences(2, 4), jax.random.key(3), 0.5)
+  expected = np.array([[2 * t, 2 * t + 1] for t in range(4)])
+  np.testing.assert_array_equal(out.frames.ids,
+                                np.broadcast_to(expected, (2, 4, 2)))
+  np.testing.assert_array_equal(out.frames.num_propagated, 0)
+
+
+def test_compaction_is_stable_and_keeps_ids_and_prior_states():
+  """Slot 0 forgotten, slot 1 propagated, one object discovered."""
+  n, d, h = 2, TINY_AIR.z_what_dim, TINY.hidden_size
+  fresh_params = apdr.init_params(TINY, jax.random.key(5))
+  prior_prev = networks.LSTMState(jnp.arange(n * h, dtype=jnp.float32).reshape(
+      1, n, h), -jnp.ones((1, n, h)))
+  carry = apdr.Carry(
+      apdr.Objects(jnp.zeros((1, n, 3)), jnp.zeros((1, n, d)),
+                   jnp.ones((1, n)), jnp.array([[4, 7]], jnp.int32),
+                   prior_prev), None, jnp.array([9], jnp.int32))
+  prop = apdr.Propagated(
+      z_where=jnp.array([[[1., 0, 0], [2., 0, 0]]]), z_what=jnp.zeros((1, n, d)),
+      presence=jnp.array([[0., 1.]]), active=jnp.ones((1, n)),
+      log_q_presence=None, log_q_z=None, log_p_presence=None, log_p_z=None,
+      baseline=None, relation=None, prior_state=prior_prev)
+  disc = air.Slots(jnp.array([[[3., 0, 0], [4., 0, 0]]]), jnp.zeros((1, n, d)),
+                   jnp.array([[1., 0.]]), *([None] * 6))
+  objects = apdr._compact(TINY, fresh_params, carry, prop, disc)
+  np.testing.assert_array_equal(objects.ids, [[7, 9]])
+  np.testing.assert_array_equal(objects.presence, [[1., 1.]])
+  np.testing.assert_array_equal(objects.z_where[0, :, 0], [2., 3.])
+  # The survivor keeps its prior state; the newcomer gets the learned one.
+  np.testing.assert_array_equal(objects.prior_state.hidden[0, 0],
+                                prior_prev.hidden[0, 1])
+  initial = fresh_params["prior_rnn"]["initial_hidden"]
+  np.testing.assert_array_equal(objects.prior_state.hidden[0, 1], initial)
+
+
+def test_absent_slots_contribute_nothing(params):
+  """Garbage in the latents of absent slots changes no output and gets no
+  gradient; inactive decisions have zero terms and zero log q."""
+  n, d = TINY.num_slots, TINY_AIR.z_what_dim
+  carry = apdr.initial_carry(TINY, params, 2)
+  objects = carry.objects._replace(
+      presence=jnp.array([[1., 0.], [0., 0.]]),
+      z_where=jnp.tile(jnp.array([[2.5, 0.1, -0.2]]), (2, n, 1)),
+      ids=jnp.array([[0, -1], [-1, -1]], jnp.int32))
+  carry = carry._replace(objects=objects, next_id=jnp.array([1, 0], jnp.int32))
+  image = _sequences(2, 1)[:, 0]
+  gates = air.image_gates(TINY_AIR, params["air"], image)
+
+  def log_weight(z_where, z_what):
+    c = carry._replace(objects=carry.objects._replace(z_where=z_where,
+                                                      z_what=z_what))
+    _, out = apdr.frame_step(TINY, params, c, image, gates, jax.random.key(4),
+                             0.3)
+    return out.terms.sum(), out
+
+  z_what = jax.random.normal(jax.random.key(6), (2, n, d))
+  garbage_where = objects.z_where.at[:, 1].set(jnp.array([7.0, 3.0, -3.0]))
+  garbage_what = z_what.at[:, 1].set(50.0)
+  (value, out), grads = jax.jit(jax.value_and_grad(
+      log_weight, argnums=(0, 1), has_aux=True))(objects.z_where, z_what)
+  value_garbage, out_garbage = jax.jit(log_weight)(garbage_where, garbage_what)
+  np.testing.assert_allclose(value, value_garbage, rtol=1e-6)
+  chex.assert_trees_all_close(out.terms, out_garbage.terms)
+  for g in grads:
+    np.testing.assert_array_equal(g[:, 1], 0.0)
+    np.testing.assert_array_equal(g[1], 0.0)
+  assert np.any(np.asarray(grads[0][0, 0]) != 0)  # the present object matters
+  # Sequence 1 had no objects: no propagation decision, zero terms and log q.
+  np.testing.assert_array_equal(out.terms[1, :n], 0.0)
+  np.testing.assert_array_equal(out.score_log_q[1, :n], 0.0)
+  np.testing.assert_array_equal(out.num_propagated[1], 0.0)
+
+
+# --- Exact enumeration -------------------------------------------------------
+# With every head's kernel at zero, q's and the prior's presence
+# probabilities are constants (survival PI_P under q and PSI under the prior,
+# discovery PI_D under q and RHO under the prior), and every Gaussian is
+# centred at (previous latent + a bias), so each object's continuous KL is a
+# closed form that does not depend on the sampled past. With the decoder's
+# output at sigmoid(-30) ~ 0 the likelihood is the constant C per frame, so
+# log p(x_{1:T}) = T C exactly, and the sequence ELBO is an exact sum over
+# the discrete histories (m_{t-1} -> survival bits -> k_t -> n_t).
+
+PI_P, PSI, PI_D, RHO = 0.7, 0.85, 0.6, 0.35
+FRAMES = 3
+NUM_MC = 20_000
+
+
+def _softplus(x):
+  return np.log1p(np.exp(np.asarray(x, np.float64))) + 1e-3
+
+
+def _zero_kernels(tree):
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: jnp.zeros_like(x) if path[-1].key == "kernel" else x, tree)
+
+
+def _enumerable_params(rng):
+  p = apdr.init_params(TINY, rng)
+  a = p["air"]
+  a["presence_head"] = {"kernel": jnp.zeros_like(a["presence_head"]["kernel"]),
+                        "bias": jnp.full((1,), math.log(PI_D / (1 - PI_D)))}
+  for head in ("where_head", "what_encoder"):
+    for part in ("loc", "scale"):
+      a[head][part] = _zero_kernels(a[head][part])
+  a["where_head"]["loc"]["bias"] = jnp.array([0.2, -0.1, 0.3])
+  a["where_head"]["scale"]["bias"] = jnp.array([-1.0, 0.0, -0.5])
+  a["what_encoder"]["loc"]["bias"] = jnp.array([-0.4, 0.0, 0.4])
+  a["what_encoder"]["scale"]["bias"] = jnp.full((3,), 0.3)
+  last = sorted(k for k in a["decoder"] if k.startswith("Dense"))[-1]
+  a["decoder"][last] = {"kernel": jnp.zeros_like(a["decoder"][last]["kernel"]),
+                        "bias": jnp.full_like(a["decoder"][last]["bias"], -30.0)}
+  p["prop_presence"] = {"kernel": jnp.zeros_like(p["prop_presence"]["kernel"]),
+                        "bias": jnp.full((1,), math.log(PI_P / (1 - PI_P)))}
+  p["prior_survival"] = {"kernel": jnp.zeros_like(p["prior_survival"]["kernel"]),
+                         "bias": jnp.full((1,), math.log(PSI / (1 - PSI)))}
+  biases = {
+      # q close to the prior keeps the weights light-tailed, so that the
+      # importance-sampling check of p(x) below has a usable standard error.
+      "prop_where": ([0.05, 0.1, 0.0], [-0.3, -0.5, -0.2]),
+      "prop_what": ([0.1, -0.1, 0.0], [0.4, 0.0, -0.2]),
+      "prior_where": ([0.0, 0.1, 0.1], [-0.2, -0.7, 0.0]),
+      "prior_what": ([-0.1, 0.0, 0.2], [0.5, 0.0, -0.3]),
+  }
+  for head, (loc, scale) in biases.items():
+    for part, bias in (("loc", loc), ("scale", scale)):
+      p[head][part] = {"kernel": jnp.zeros_like(p[head][part]["kernel"]),
+                       "bias": jnp.array(bias)}
+  return p
+
+
+def _gauss_kl(mq, sq, mp, sp):
+  mq, sq, mp, sp = (np.asarray(v, np.float64) for v in (mq, sq, mp, sp))
+  return np.sum(np.log(sp / sq) + (sq ** 2 + (mq - mp) ** 2) / (2 * sp ** 2)
+                - 0.5)
+
+
+def _head(p, name):
+  return np.asarray(p[name]["loc"]["bias"]), _softplus(p[name]["scale"]["bias"])
+
+
+def _exact_elbo(p, image_seq, drop_survival_prior=False):
+  """The exact sequence ELBO, by a sum over every discrete history."""
+  a, n_max = TINY_AIR, TINY.num_slots
+  where_prior = (np.array([a.scale_prior_mean, 0, 0]),
+                 np.array([a.scale_prior_std, a.shift_prior_std,
+                           a.shift_prior_std]))
+  disc_where = _head(p["air"], "where_head")
+  kl_disc = (_gauss_kl(disc_where[0] + where_prior[0], disc_where[1],
+                       *where_prior) +
+             _gauss_kl(*_head(p["air"], "what_encoder"), np.zeros(3),
+                       np.ones(3)))
+  kl_prop = (_gauss_kl(*_head(p, "prop_where"), *_head(p, "prior_where")) +
+             _gauss_kl(*_head(p, "prop_what"), *_head(p, "prior_what")))
+  pmf = lambda r, n, top: r ** n * ((1 - r) if n < top else 1.0)
+  bern = lambda r, b: r if b else 1 - r
+  std = a.likelihood_std
+  total, m_dist = 0.0, {0: 1.0}
+  for t in range(FRAMES):
+    image = np.asarray(image_seq[t], np.float64)
+    log_lik = np.sum(-0.5 * (image / std) ** 2 - np.log(std) -
+                     0.5 * np.log(2 * np.pi))
+    new_dist = {}
+    for m, p_m in m_dist.items():
+      for bits in itertools.product([0, 1], repeat=m):
+        q_bits = np.prod([bern(PI_P, b) for b in bits])
+        prior = 0.0 if drop_survival_prior else sum(
+            np.log(bern(PSI, b)) for b in bits)
+        term_bits = prior - sum(np.log(bern(PI_P, b)) + b * kl_prop
+                                for b in bits)
+        k = sum(bits)
+        for n in range(n_max - k + 1):
+          q_n = pmf(PI_D, n, n_max - k)
+          weight = p_m * q_bits * q_n
+          total += weight * (term_bits + np.log(pmf(RHO, n, n_max - k)) -
+                             np.log(q_n) - n * kl_disc + log_lik)
+          new_dist[k + n] = new_dist.get(k + n, 0.0) + weight
+    m_dist = new_dist
+  return total
+
+
+@pytest.fixture(scope="module")
+def enumerable():
+  p = _enumerable_params(jax.random.key(0))
+  image_seq = jax.random.uniform(jax.random.key(7), (FRAMES, 16, 16))
+  images = jnp.broadcast_to(image_seq, (NUM_MC,) + image_seq.shape)
+  out = jax.jit(lambda p, x, k: apdr.log_weight_terms(TINY, p, x, k, RHO))(
+      p, images, jax.random.key(8))
+  return p, image_seq, out
+
+
+def test_per_frame_log_weights_sum_to_the_exact_sequence_elbo(enumerable):
+  p, image_seq, out = enumerable
+  exact_elbo = _exact_elbo(p, image_seq)
+  log_weight = np.asarray(out.terms.sum(-1), np.float64)
+  stderr = log_weight.std() / np.sqrt(NUM_MC)
+  assert abs(log_weight.mean() - exact_elbo) < 4 * stderr + 1e-3
+  # The likelihood is constant, so log p(x_{1:T}) = T C exactly, and
+  # mean(exp(w)) estimates it without bias.
+  exact_log_px = float(out.log_likelihood[0])
+  ratios = np.exp(log_weight - exact_log_px)
+  assert abs(ratios.mean() - 1.0) < 4 * ratios.std() / np.sqrt(NUM_MC)
+  iwae_10 = objectives.iwae_bound(log_weight.reshape(10, -1)).mean()
+  assert exact_elbo < iwae_10 < exact_log_px + 1e-2
+  assert exact_log_px - exact_elbo > 0.5  # not vacuous
+
+
+def test_enumeration_detects_a_missing_survival_prior(enumerable):
+  """The same check fails for a model whose survival prior is dropped."""
+  p, image_seq, out = enumerable
+  wrong = _exact_elbo(p, image_seq, drop_survival_prior=True)
+  log_weight = np.asarray(out.terms.sum(-1), np.float64)
+  stderr = log_weight.std() / np.sqrt(NUM_MC)
+  assert abs(log_weight.mean() - wrong) > 4 * stderr
+
+
+def test_credit_order_within_a_frame(enumerable):
+  """Propagation columns, then discovery, then the likelihood; a decision's
+  log q sits in its own column and the likelihood column has none."""
+  _, _, out = enumerable
+  per_frame = out.score_log_q.reshape(NUM_MC, FRAMES, -1)
+  np.testing.assert_array_equal(per_frame[..., -1], 0.0)
+  # Frame 0 has nothing to propagate.
+  np.testing.assert_array_equal(per_frame[:, 0, :TINY.num_slots], 0.0)
+  # Discovery at frame 0 always decides its first slot.
+  assert np.all(np.asarray(per_frame[:, 0, TINY.num_slots]) < 0)
+
+
+def test_predict_rolls_the_prior_forward(params):
+  p = _set_presence(params, survival_logit=30.0, discovery_logit=30.0)
+  p["prior_survival"]["bias"] = jnp.full((1,), 30.0)
+  out = jax.jit(lambda p, x, k: apdr.predict(TINY, p, x, 3, k, 1e-5))(
+      p, _sequences(2, 2), jax.random.key(9))
+  chex.assert_shape(out["canvas"], (2, 3, 16, 16))
+  # Both objects survive under the prior and keep their ids.
+  np.testing.assert_array_equal(out["ids"], np.broadcast_to([0, 1], (2, 3, 2)))
