@@ -22,16 +22,21 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from apdr_jax import air
+from apdr_jax import apdr
 from apdr_jax import checkpoints
 from apdr_jax import data
 from apdr_jax import evaluation
+from apdr_jax import glimpse
 from apdr_jax import metrics_log
 from apdr_jax import objectives
 from apdr_jax import parallel
 from apdr_jax import plotting
+from apdr_jax import sequence_evaluation
 from apdr_jax.errors import ApdrError, ConfigError
 
 ESTIMATORS = ("nvil", "vimco")
+MODELS = ("air", "apdr")
+DATA_KINDS = ("scenes", "sequences")
 
 
 class NonFiniteLossError(ApdrError, FloatingPointError):
@@ -57,15 +62,57 @@ class TrainState:
   nonfinite_step: jax.Array
 
 
-def model_config(config: ml_collections.ConfigDict) -> air.AIRConfig:
-  """The `AIRConfig` of a run config (canvas size comes from the data)."""
+def model_config(config: ml_collections.ConfigDict):
+  """The model's config: `AIRConfig`, or `APDRConfig` when model_name='apdr'.
+
+  The canvas size comes from the data; APDR's discovery is AIR with the
+  relation state as its context.
+  """
   fields = {f.name for f in dataclasses.fields(air.AIRConfig)}
   unknown = set(config.model.keys()) - fields
   if unknown:
     raise ConfigError(f"unknown config.model fields: {sorted(unknown)}; "
                       f"known: {sorted(fields)}")
-  return air.AIRConfig(canvas_size=config.data.canvas_size,
-                       **config.model.to_dict())
+  model = config.model.to_dict()
+  if config.model_name != "apdr":
+    return air.AIRConfig(canvas_size=config.data.canvas_size, **model)
+  extra = config.get("apdr", ml_collections.ConfigDict()).to_dict()
+  known = {f.name for f in dataclasses.fields(apdr.APDRConfig)} - {"air"}
+  if set(extra) - known:
+    raise ConfigError(f"unknown config.apdr fields: {sorted(set(extra) - known)}"
+                      f"; known: {sorted(known)}")
+  relation = extra.get("relation_size", apdr.APDRConfig.relation_size)
+  model["context_dim"] = relation
+  return apdr.APDRConfig(
+      air=air.AIRConfig(canvas_size=config.data.canvas_size, **model), **extra)
+
+
+def is_sequential(config) -> bool:
+  return config.model_name == "apdr"
+
+
+def num_frames_at(config, step: int) -> int:
+  """Frames per training sequence at `step` (the curriculum on length).
+
+  Starts at `curriculum_start_frames` and adds one frame every
+  `curriculum_steps_per_frame` steps, up to the data's `num_frames`; 0 for
+  static scenes.
+  """
+  if config.data.kind != "sequences":
+    return 0
+  total = config.data.num_frames
+  start = config.get("curriculum_start_frames", 0)
+  every = config.get("curriculum_steps_per_frame", 0)
+  if start <= 0 or every <= 0:
+    return total
+  return int(min(total, start + step // every))
+
+
+def num_terms(config) -> int:
+  """Columns of the log-weight terms (the NVIL statistics' length)."""
+  if is_sequential(config):
+    return config.data.num_frames * (2 * config.model.num_slots + 1)
+  return config.model.num_slots + 1
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
@@ -73,6 +120,18 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   def need(ok, message):
     if not ok:
       raise ConfigError(message)
+  need(config.model_name in MODELS,
+       f"model_name={config.model_name!r}; use one of {MODELS}")
+  need(config.data.get("kind", "scenes") in DATA_KINDS,
+       f"data.kind={config.data.get('kind')!r}; use one of {DATA_KINDS}")
+  need(not is_sequential(config) or config.data.kind == "sequences",
+       "model_name='apdr' needs data.kind='sequences'")
+  if config.data.get("kind") == "sequences":
+    need(config.data.num_frames >= 1,
+         f"data.num_frames={config.data.num_frames} must be >= 1")
+    need(config.get("curriculum_start_frames", 0) >= 0 and
+         config.get("curriculum_steps_per_frame", 0) >= 0,
+         "curriculum_start_frames and curriculum_steps_per_frame must be >= 0")
   need(config.estimator in ESTIMATORS,
        f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
   need(config.num_samples >= 1, f"num_samples={config.num_samples} must be >= 1")
@@ -97,7 +156,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
 
 
 def _is_baseline(path) -> bool:
-  return getattr(path[0], "key", None) == "baseline"
+  """NVIL baseline parameters: AIR's `baseline`, APDR's `prop_baseline`."""
+  return any(str(getattr(p, "key", "")).endswith("baseline") for p in path)
 
 
 def scale_by_group_rate(learning_rate: float,
@@ -121,8 +181,14 @@ def clip_by_group_norm(grads, max_norm: float):
   Returns:
     (clipped grads, model grad norm, baseline grad norm).
   """
-  model = {k: v for k, v in grads.items() if k != "baseline"}
-  norms = (optax.tree.norm(model), optax.tree.norm(grads["baseline"]))
+  is_baseline = jax.tree_util.tree_map_with_path(
+      lambda path, _: _is_baseline(path), grads)
+  leaves = jax.tree.leaves(grads)
+  flags = jax.tree.leaves(is_baseline)
+  squares = [jnp.sum(g ** 2) for g in leaves]
+  norms = (jnp.sqrt(sum(q for q, b in zip(squares, flags) if not b)),
+           jnp.sqrt(sum((q for q, b in zip(squares, flags) if b),
+                        jnp.zeros(()))))
   factors = [jnp.minimum(1.0, max_norm / (n + 1e-12)) for n in norms]
   clipped = jax.tree_util.tree_map_with_path(
       lambda path, g: g * factors[1 if _is_baseline(path) else 0], grads)
@@ -138,11 +204,13 @@ def make_optimizer(config) -> optax.GradientTransformation:
 
 
 def create_train_state(config, rng: jax.Array) -> TrainState:
-  params = air.init_params(model_config(config), rng)
+  mc = model_config(config)
+  params = (apdr.init_params(mc, rng) if is_sequential(config)
+            else air.init_params(mc, rng))
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=params,
       opt_state=make_optimizer(config).init(params),
-      nvil=objectives.nvil_init(config.model.num_slots + 1),
+      nvil=objectives.nvil_init(num_terms(config)),
       nonfinite_step=jnp.full((), -1, jnp.int32))
 
 
@@ -165,6 +233,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
   Returns:
     `(loss, (new_nvil_state, metrics))`.
   """
+  if is_sequential(config):
+    return _apdr_loss_and_metrics(config, params, nvil_state, images, rng, rho)
   mc = model_config(config)
   k, batch = config.num_samples, images.shape[0]
   # The K samples are folded into the batch rather than vmapped: XLA's CPU
@@ -179,12 +249,7 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
                              image_gates=tile(gates),
                              first_state=jax.tree.map(tile, first_state))
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
-  if config.estimator == "vimco":
-    surrogate = objectives.vimco(out.terms, out.score_log_q, nvil_state)
-  else:
-    surrogate = objectives.nvil(out.terms, out.score_log_q, out.baseline,
-                                nvil_state, config.nvil_decay,
-                                config.nvil_normalise)
+  surrogate = _surrogate(config, out, nvil_state)
   metrics = dict(
       loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
       log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
@@ -193,7 +258,48 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
   return surrogate.loss, (surrogate.nvil_state, metrics)
 
 
-def make_update_step(config, mesh, max_traces: int | None = None):
+def _surrogate(config, out, nvil_state) -> objectives.Surrogate:
+  """The configured estimator on `out.terms [K, B, S]` (and its kin)."""
+  if config.estimator == "vimco":
+    return objectives.vimco(out.terms, out.score_log_q, nvil_state)
+  return objectives.nvil(out.terms, out.score_log_q, out.baseline,
+                         nvil_state, config.nvil_decay, config.nvil_normalise)
+
+
+def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho):
+  """`loss_and_metrics` for APDR on `sequences [batch, T, H, W]`.
+
+  The terms of a `T`-frame curriculum stage are padded with zero columns to
+  the full length, so the NVIL statistics keep one shape (a zero column has
+  no score and does not change the earlier columns' signals).
+  """
+  mc = model_config(config)
+  k, batch = config.num_samples, sequences.shape[0]
+  gates = apdr.image_gates(mc, params, sequences)  # shared by the K samples
+  tile = lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
+      (k * batch,) + x.shape[1:])
+  out = apdr.log_weight_terms(mc, params, tile(sequences), rng, rho,
+                              gates=tile(gates))
+  out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
+  pad = num_terms(config) - out.terms.shape[-1]
+  widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad)))
+  out = out._replace(terms=widen(out.terms), score_log_q=widen(out.score_log_q),
+                     baseline=widen(out.baseline))
+  surrogate = _surrogate(config, out, nvil_state)
+  frames = out.frames
+  metrics = dict(
+      loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
+      log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
+      baseline_loss=surrogate.baseline_loss,
+      mean_count=frames.presence.sum(-1).mean(),
+      mean_propagated=frames.num_propagated.mean(),
+      mean_discovered=frames.num_discovered.mean(), rho=rho,
+      num_frames=jnp.asarray(sequences.shape[1], jnp.float32))
+  return surrogate.loss, (surrogate.nvil_state, metrics)
+
+
+def make_update_step(config, mesh, max_traces: int | None = None,
+                     num_frames: int | None = None):
   """The jitted, state-donating update step.
 
   Args:
@@ -202,9 +308,13 @@ def make_update_step(config, mesh, max_traces: int | None = None):
     max_traces: if set, `chex.assert_max_traces` fails on a retrace beyond it
       (tests use 1 to prove that the loop never recompiles).
 
+    num_frames: for sequences, train on the first `num_frames` frames (a
+      curriculum stage; each stage compiles once); all frames when None.
+
   Returns:
     `update(state, train_streams, base_key) -> (state, metrics)`, with
-    `train_streams [num // B, B, H, W]` uint8 from `place_train_streams`.
+    `train_streams [num // B, B, ...]` uint8 from `place_train_streams`
+    (`...` is `H, W` for scenes and `T, H, W` for sequences).
   """
   optimizer = make_optimizer(config)
   batch_sharding = parallel.batch_sharded(mesh)
@@ -217,7 +327,10 @@ def make_update_step(config, mesh, max_traces: int | None = None):
     index = jax.random.randint(data_key, (config.batch_size,), 0,
                                train_images.shape[0])
     images = jax.vmap(lambda stream, i: stream[i], in_axes=(1, 0))(
-        train_images, index).astype(jnp.float32) / 255.0
+        train_images, index)
+    if num_frames is not None and is_sequential(config):
+      images = images[:, :num_frames]
+    images = images.astype(jnp.float32) / 255.0
     images = jax.lax.with_sharding_constraint(images, batch_sharding)
     rho = rho_at(config, state.step)
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
@@ -275,17 +388,44 @@ def place_train_streams(images: np.ndarray, batch_size: int, mesh):
 
 
 def load_data(config):
-  """Training images (uint8) and held-out scenes of a run config."""
+  """Training and held-out data of a run config (uint8 images, from the cache).
+
+  Returns:
+    `(train, test)` dicts: scenes (`images [n, H, W]`, `counts`, `boxes`) or,
+    with `data.kind='sequences'`, sequences (`images [n, T, H, W]`,
+    `counts [n, T]`, `boxes`, `ids`, `presence`).
+  """
   d = config.data
+  cache_dir = d.cache_dir or None
+  if d.get("kind", "scenes") == "sequences":
+    common = dict(canvas_size=d.canvas_size, num_frames=d.num_frames,
+                  min_digits=d.min_digits, max_digits=d.max_digits,
+                  overlap=d.overlap, source=d.source, seed=d.seed,
+                  speed_min=d.speed_min, speed_max=d.speed_max,
+                  velocity_noise=d.velocity_noise, enter_leave=d.enter_leave)
+    train = data.load_sequences(data.SequenceRecipe(
+        num_sequences=d.num_train_scenes, split="train", **common), cache_dir)
+    test = data.load_sequences(data.SequenceRecipe(
+        num_sequences=d.num_test_scenes, split="test", **common), cache_dir)
+    return train, test
   common = dict(canvas_size=d.canvas_size, min_digits=d.min_digits,
                 max_digits=d.max_digits, overlap=d.overlap, max_iou=d.max_iou,
                 source=d.source, seed=d.seed)
-  cache_dir = d.cache_dir or None
   train = data.load_scenes(data.SceneRecipe(
       num_scenes=d.num_train_scenes, split="train", **common), cache_dir)
   test = data.load_scenes(data.SceneRecipe(
       num_scenes=d.num_test_scenes, split="test", **common), cache_dir)
   return train, test
+
+
+def training_images(config, train) -> np.ndarray:
+  """What the update step draws from: scenes, sequences for APDR, or every
+  frame of every sequence for the frame-by-frame AIR baseline."""
+  images = train["images"]
+  if config.data.get("kind", "scenes") == "sequences" and not is_sequential(
+      config):
+    images = images.reshape((-1,) + images.shape[2:])
+  return images
 
 
 def _host(params):
@@ -295,8 +435,19 @@ def _host(params):
 
 
 def _evaluate_counts(config, params, test) -> dict:
-  result = evaluation.decompose(model_config(config), _host(params),
-                                data.to_float(test["images"]),
+  images = data.to_float(test["images"])
+  if config.data.get("kind", "scenes") == "sequences":
+    decomposed = sequence_evaluation.decompose(
+        model_config(config), _host(params), images)
+    result = sequence_evaluation.count_accuracy(decomposed["counts"],
+                                                test["counts"])
+    result.update(sequence_evaluation.tracking_scores(
+        decomposed, test, len(images)))
+    result.pop("iou_threshold")
+    # The held-out figure the progress bar shows is the per-frame accuracy.
+    result["count_accuracy"] = result["frame_count_accuracy"]
+    return {k: v for k, v in result.items() if not k.startswith("motmetrics")}
+  result = evaluation.decompose(model_config(config), _host(params), images,
                                 config.eval_batch_size)
   return evaluation.count_accuracy(result["counts"], test["counts"])
 
@@ -338,9 +489,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"Resumed from {workdir} at step {restored_step}.", flush=True)
   if is_writer:
     checkpoints.save_config(config, workdir)
-  train_images = place_train_streams(train["images"], config.batch_size, mesh)
+  train_images = place_train_streams(training_images(config, train),
+                                     config.batch_size, mesh)
 
-  update = make_update_step(config, mesh)
+  # One compiled step per curriculum stage (sequence length); scenes have one.
+  updates = {}
+
+  def update(state, images, key, step):
+    frames = num_frames_at(config, step - 1)
+    if frames not in updates:
+      updates[frames] = make_update_step(config, mesh,
+                                         num_frames=frames or None)
+    return updates[frames](state, images, key)
+
   writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
   start_step = int(state.step)
   progress = _progress_bar(config, start_step, is_writer)
@@ -349,7 +510,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   postfix = {}  # the progress bar keeps the last held-out accuracy
   try:
     for step in range(start_step + 1, config.num_steps + 1):
-      state, metrics = update(state, train_images, train_key)
+      state, metrics = update(state, train_images, train_key, step)
       if compile_time is None:
         jax.block_until_ready(state.step)
         compile_time = time.perf_counter() - last_time
@@ -395,6 +556,9 @@ def final_evaluation(config, params, test, workdir, is_writer=True,
 
   `extra` (e.g. steps and wall time of this invocation) is added to the file.
   """
+  if config.data.get("kind", "scenes") == "sequences":
+    return final_sequence_evaluation(config, params, test, workdir, is_writer,
+                                     extra)
   mc = model_config(config)
   params = _host(params)
   num = min(config.final_eval_scenes, len(test["images"]))
@@ -415,6 +579,83 @@ def final_evaluation(config, params, test, workdir, is_writer=True,
         os.path.join(workdir, "reconstructions.png"), images[:16],
         decomposed["reconstructions"][:16], decomposed["boxes"][:16],
         decomposed["presence"][:16])
+  return result
+
+
+def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
+                       rng: jax.Array, rho: float) -> tuple[dict, dict]:
+  """Every held-out sequence metric of DESIGN §6 on the first `num`.
+
+  Returns:
+    (metrics dict of plain numbers, the decomposition for pictures).
+  """
+  mc = model_config(config)
+  params = _host(params)
+  sequences = data.to_float(test["images"][:num])
+  decomposed = sequence_evaluation.decompose(mc, params, sequences)
+  result = sequence_evaluation.count_accuracy(decomposed["counts"],
+                                              test["counts"][:num])
+  result.update(sequence_evaluation.tracking_scores(decomposed, test, num))
+  result.update(sequence_evaluation.bounds(mc, params, sequences, rng, rho,
+                                           num_samples=iwae_samples))
+  if sequence_evaluation.is_apdr(mc) and sequences.shape[1] >= 2:
+    observed = max(1, sequences.shape[1] // 2)
+    error, predicted = sequence_evaluation.prediction_error(
+        mc, params, sequences[:8], observed, jax.random.fold_in(rng, 1), rho)
+    result["prediction_mse"] = error
+    result["prediction_observed_frames"] = observed
+    decomposed["prediction"] = predicted
+  result.update(num_sequences=num, iwae_samples=iwae_samples)
+  return result, decomposed
+
+
+def save_sequence_pictures(workdir_or_prefix: str, sequences, decomposed,
+                           num: int = 4) -> list[str]:
+  """`<prefix>reconstructions.gif` (boxes coloured by id) and, for APDR,
+  `<prefix>prediction.gif` (observed frames, then the prior's prediction)."""
+  prefix = (os.path.join(workdir_or_prefix, "") if
+            os.path.isdir(workdir_or_prefix) else workdir_or_prefix)
+  paths = [prefix + "reconstructions.gif"]
+  plotting.save_sequence_gif(
+      paths[0], sequences[:num], decomposed["reconstructions"][:num],
+      decomposed["boxes"][:num], decomposed["presence"][:num],
+      decomposed["ids"][:num])
+  predicted = decomposed.get("prediction")
+  if predicted is not None:
+    num = min(num, len(predicted["canvas"]))
+    future = predicted["canvas"].shape[1]
+    observed = sequences.shape[1] - future
+    size = sequences.shape[-1]
+    boxes = np.asarray(glimpse.box_corners(jnp.asarray(predicted["z_where"]),
+                                           size, size))
+    paths.append(prefix + "prediction.gif")
+    plotting.save_sequence_gif(
+        paths[1], sequences[:num],
+        np.concatenate([decomposed["reconstructions"][:num, :observed],
+                        predicted["canvas"][:num]], 1),
+        np.concatenate([decomposed["boxes"][:num, :observed], boxes[:num]], 1),
+        np.concatenate([decomposed["presence"][:num, :observed],
+                        predicted["presence"][:num]], 1),
+        np.concatenate([decomposed["ids"][:num, :observed],
+                        predicted["ids"][:num]], 1))
+  return paths
+
+
+def final_sequence_evaluation(config, params, test, workdir, is_writer=True,
+                              extra=None) -> dict:
+  """`final_evaluation` for sequences: metrics, GIFs, `final_metrics.json`."""
+  num = min(config.final_eval_scenes, len(test["images"]))
+  result, decomposed = evaluate_sequences(
+      config, params, test, num, config.final_iwae_samples,
+      jax.random.key(config.seed + 1),
+      float(rho_at(config, config.num_steps)))
+  result.update(extra or {})
+  if is_writer:
+    import json
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    save_sequence_pictures(workdir, data.to_float(test["images"][:num]),
+                           decomposed)
   return result
 
 

