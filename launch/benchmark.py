@@ -8,6 +8,10 @@ standard shapes (batch 64, 50x50, N=3 unless the config says otherwise) and
 reports the median images/s over `repeats` timed blocks of `steps` steps, the
 first call's time (compile), and peak memory. The scene content does not change
 the cost of any operation, so random uint8 scenes stand in for the data set.
+For APDR (`--config=configs/apdr_moving_mnist.py --estimators=vimco:5`) the
+unit is sequences of the full length `data.num_frames`, and the report adds
+the share of a training run's time spent compiling (one compile per
+curriculum stage, with the steps per stage and the measured step times).
 `--glimpse` also times both glimpse formulations, forward and backward.
 Time nothing else on the machine meanwhile.
 """
@@ -52,8 +56,10 @@ def benchmark_training(config, steps, repeats):
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_divides(config.batch_size, mesh)
   size = config.data.canvas_size
+  sequential = train.is_sequential(config)
+  shape = ((512, config.data.num_frames) if sequential else (4096,))
   images = np.random.default_rng(0).integers(
-      0, 256, (4096, size, size), dtype=np.uint8)
+      0, 256, shape + (size, size), dtype=np.uint8)
   images = train.place_train_streams(images, config.batch_size, mesh)
   state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                          parallel.replicated(mesh))
@@ -70,12 +76,44 @@ def benchmark_training(config, steps, repeats):
       state, _ = update(state, images, key)
     jax.block_until_ready(state)
     rates.append(steps * config.batch_size / (time.perf_counter() - start))
-  return dict(estimator=config.estimator, num_samples=config.num_samples,
+  unit = "sequences" if sequential else "images"
+  result = dict(model=config.model_name, unit=unit,
+              estimator=config.estimator, num_samples=config.num_samples,
               batch_size=config.batch_size, canvas=size,
               num_slots=config.model.num_slots,
               images_per_second=statistics.median(rates),
               images_per_second_all=rates, compile_seconds=compile_s,
               devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
+  if sequential:
+    result.update(num_frames=config.data.num_frames,
+                  sequences_per_second=result["images_per_second"],
+                  frames_per_second=result["images_per_second"] *
+                  config.data.num_frames,
+                  **compile_share(config, compile_s,
+                                  config.batch_size / result[
+                                      "images_per_second"]))
+  return result
+
+
+def compile_share(config, compile_s, full_step_s) -> dict:
+  """Estimated share of a whole training run spent compiling.
+
+  One compile per curriculum stage (each about `compile_s`, as the scan body
+  does not grow with T), and a step of a `T`-frame stage costing
+  `T / num_frames` of the full-length step.
+  """
+  from apdr_jax import train
+  total = config.data.num_frames
+  stages = {}
+  for step in range(config.num_steps):
+    frames = train.num_frames_at(config, step)
+    stages[frames] = stages.get(frames, 0) + 1
+  train_s = sum(n * full_step_s * t / total for t, n in stages.items())
+  compile_total = compile_s * len(stages)
+  return dict(curriculum_stages=len(stages),
+              estimated_run_compile_seconds=compile_total,
+              estimated_run_train_seconds=train_s,
+              compile_share=compile_total / (compile_total + train_s))
 
 
 def benchmark_glimpses(config, repeats=20):
@@ -124,9 +162,11 @@ def main(argv):
     run["peak_rss_mb"] = _peak_rss_mb()
     run["device_peak_mb"] = _device_peak_mb(jax)
     report["runs"].append(run)
-    print(f"{estimator} K={k}: {run['images_per_second']:.0f} images/s, "
+    print(f"{estimator} K={k}: {run['images_per_second']:.1f} {run['unit']}/s, "
           f"compile {run['compile_seconds']:.1f} s, "
-          f"peak RSS {run['peak_rss_mb']:.0f} MB", flush=True)
+          f"peak RSS {run['peak_rss_mb']:.0f} MB" + (
+              f", compile share of a run {run['compile_share']:.1%}"
+              if "compile_share" in run else ""), flush=True)
   if _GLIMPSE.value:
     report["glimpse"] = benchmark_glimpses(_CONFIG.value)
     for key, value in report["glimpse"].items():

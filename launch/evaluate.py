@@ -8,6 +8,12 @@ likelihood and KL parts, and the IWAE estimate on the held-out scenes, plus
 `DIR/evaluation.png`. With --images (`[num, H, W]`, uint8 or floats in [0, 1]):
 the inferred count and boxes of every image, and a PNG of the first 16 beside
 the JSON.
+
+For a workdir trained on sequences (APDR, or the frame-by-frame AIR baseline):
+per-frame count accuracy, ELBO and IWAE per sequence, tracking consistency, id
+switches, MOTA and IDF1 on the held-out sequences (`--num_scenes` counts
+sequences), and GIFs; with --images (`[num, T, H, W]`) the per-frame counts,
+boxes and object ids of every sequence, and a GIF.
 """
 
 import json
@@ -52,6 +58,9 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints")
   mc = train.model_config(config)
   out_path = out_path or os.path.join(workdir, "evaluation.json")
+  if config.data.get("kind", "scenes") == "sequences":
+    return _run_sequences(config, state, int(step), workdir, images_path,
+                          out_path, iwae_samples, num_scenes)
   picture = os.path.splitext(out_path)[0] + ".png"
   result = {"workdir": workdir, "step": int(step)}
   if images_path:
@@ -82,6 +91,45 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
   with open(out_path, "w") as f:
     json.dump(result, f, indent=2)
   print(f"wrote {out_path} and {picture}")
+  return result
+
+
+def _run_sequences(config, state, step, workdir, images_path, out_path,
+                   iwae_samples, num_scenes) -> dict:
+  import jax
+  from apdr_jax import data, sequence_evaluation, train
+
+  mc = train.model_config(config)
+  canvas = config.data.canvas_size
+  prefix = os.path.splitext(out_path)[0] + "_"
+  result = {"workdir": workdir, "step": step}
+  if images_path:
+    sequences = data.load_user_images(images_path, canvas, sequences=True)
+    decomposed = sequence_evaluation.decompose(mc, state.params, sequences)
+    result["num_sequences"] = len(sequences)
+    result["sequences"] = [
+        {"index": i, "frames": [
+            {"count": int(decomposed["counts"][i, t]),
+             "objects": [{"id": int(obj_id),
+                          "box": [round(float(v), 2) for v in box]}
+                         for box, obj_id, present in zip(
+                             decomposed["boxes"][i, t], decomposed["ids"][i, t],
+                             decomposed["presence"][i, t]) if present > 0.5]}
+            for t in range(sequences.shape[1])]}
+        for i in range(len(sequences))]
+  else:
+    _, test = train.load_data(config)
+    num = min(num_scenes, len(test["images"]))
+    metrics, decomposed = train.evaluate_sequences(
+        config, state.params, test, num, iwae_samples, jax.random.key(0),
+        float(train.rho_at(config, step)))
+    result.update(metrics)
+    sequences = data.to_float(test["images"][:num])
+  result["pictures"] = train.save_sequence_pictures(prefix, sequences,
+                                                    decomposed)
+  with open(out_path, "w") as f:
+    json.dump(result, f, indent=2)
+  print(f"wrote {out_path} and {', '.join(result['pictures'])}")
   return result
 
 

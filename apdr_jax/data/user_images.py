@@ -46,8 +46,6 @@ def check_images(images: np.ndarray, canvas_size: int,
   images = np.asarray(images)
   if images.ndim == 2 and not sequences:
     images = images[None]
-  if images.ndim == 3 and sequences:
-    images = images[None]  # one sequence
   rank = 4 if sequences else 3
   expected = (f"[num, T, {canvas_size}, {canvas_size}]" if sequences else
               f"[num, {canvas_size}, {canvas_size}]")
