@@ -525,7 +525,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
           scalars["images_per_second"] = (
               (step - last_step) * config.batch_size / (now - last_time))
         last_time, last_step = now, step
-        if step % config.eval_every == 0 or step == config.num_steps:
+        # Evaluation runs on host copies of the parameters and needs no
+        # other process, so only process 0 (which writes it) spends time on it.
+        if is_writer and (step % config.eval_every == 0 or
+                          step == config.num_steps):
           scalars.update(_evaluate_counts(config, state.params, test))
           last_time = time.perf_counter()  # evaluation is not training time
         writer.write(step, scalars)
@@ -544,10 +547,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   _check_finite(state, config.num_steps)
   if compile_time is not None and is_writer:
     print(f"First step (compile) took {compile_time:.1f} s.", flush=True)
+  extra = {"steps": int(state.step), "compile_seconds": compile_time,
+           "train_seconds": time.perf_counter() - started}
+  if not is_writer:
+    return extra  # process 0 evaluates and writes (see above)
   return final_evaluation(config, state.params, test, workdir, is_writer,
-                          extra={"steps": int(state.step),
-                                 "compile_seconds": compile_time,
-                                 "train_seconds": time.perf_counter() - started})
+                          extra=extra)
 
 
 def final_evaluation(config, params, test, workdir, is_writer=True,
