@@ -29,3 +29,25 @@ def _scene_cache(tmp_path_factory, monkeypatch):
   """Every test shares one scene cache that is not the user's."""
   cache = tmp_path_factory.getbasetemp() / "scene_cache"
   monkeypatch.setenv("APDR_JAX_CACHE", str(cache))
+
+
+@pytest.fixture(scope="session")
+def tiny_apdr_run(tmp_path_factory):
+  """A tiny APDR workdir (4 steps over two curriculum stages, then the final
+  evaluation), shared by the trainer, launcher and notebook tests."""
+  from apdr_jax import train
+  from configs import tiny_apdr
+  path = tmp_path_factory.mktemp("tiny_apdr")
+  cache = tmp_path_factory.getbasetemp() / "scene_cache"
+  previous = os.environ.get("APDR_JAX_CACHE")
+  os.environ["APDR_JAX_CACHE"] = str(cache)
+  try:
+    config = tiny_apdr.get_config()
+    config.num_devices = 1
+    result = train.train_and_evaluate(config, str(path))
+  finally:
+    if previous is None:
+      os.environ.pop("APDR_JAX_CACHE")
+    else:
+      os.environ["APDR_JAX_CACHE"] = previous
+  return str(path), result

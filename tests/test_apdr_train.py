@@ -78,13 +78,9 @@ def test_steps_change_params_and_compile_once_per_stage():
   assert any(jax.tree.leaves(changed["air"]["rnn"]))
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-  """Four steps over two curriculum stages, then the final evaluation."""
-  path = tmp_path_factory.mktemp("tiny_apdr")
-  config = _config()
-  result = train.train_and_evaluate(config, str(path))
-  return str(path), result
+@pytest.fixture
+def workdir(tiny_apdr_run):
+  return tiny_apdr_run
 
 
 def test_training_writes_metrics_checkpoints_and_gifs(workdir):

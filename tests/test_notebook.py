@@ -27,6 +27,20 @@ def test_notebook_code_cells_run(tmp_path, monkeypatch):
   assert namespace["step"] == config.num_steps
 
 
+def test_apdr_notebook_code_cells_run(tiny_apdr_run, monkeypatch):
+  path, _ = tiny_apdr_run
+  monkeypatch.setenv("APDR_WORKDIR", path)
+  with open(os.path.join(ROOT, "notebooks", "explore_apdr.ipynb")) as f:
+    cells = json.load(f)["cells"]
+  namespace = {}
+  for cell in cells:
+    if cell["cell_type"] == "code":
+      exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
+  # tiny_apdr: 8 held-out sequences of 3 frames, 2 slots.
+  assert namespace["result"]["ids"].shape == (8, 3, 2)
+  assert "tracking_consistency" in namespace["scores"]
+
+
 def test_prior_counts_follow_the_truncated_geometric():
   import jax
   model = air.AIRConfig(canvas_size=16, num_slots=3, glimpse_size=4,
