@@ -32,7 +32,7 @@ from apdr_jax import objectives
 from apdr_jax import parallel
 from apdr_jax import plotting
 from apdr_jax import sequence_evaluation
-from apdr_jax.errors import ApdrError, ConfigError
+from apdr_jax.errors import ApdrError, CheckpointError, ConfigError
 
 ESTIMATORS = ("nvil", "vimco")
 MODELS = ("air", "apdr")
@@ -132,6 +132,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.get("curriculum_start_frames", 0) >= 0 and
          config.get("curriculum_steps_per_frame", 0) >= 0,
          "curriculum_start_frames and curriculum_steps_per_frame must be >= 0")
+  need(not config.get("init_air_from") or is_sequential(config),
+       "init_air_from (an AIR workdir) only applies to model_name='apdr'")
   need(config.estimator in ESTIMATORS,
        f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
   need(config.num_samples >= 1, f"num_samples={config.num_samples} must be >= 1")
@@ -212,6 +214,61 @@ def create_train_state(config, rng: jax.Array) -> TrainState:
       opt_state=make_optimizer(config).init(params),
       nvil=objectives.nvil_init(num_terms(config)),
       nonfinite_step=jnp.full((), -1, jnp.int32))
+
+
+def graft_air_params(apdr_params, air_params):
+  """APDR parameters whose discovery and decoder (`apdr_params["air"]`) are a
+  trained AIR's.
+
+  AIR's inference LSTM has no context input; the rows of its latent kernel
+  that APDR adds for the context (the relation state) start at zero, so the
+  grafted discovery behaves exactly like the AIR it came from until training
+  teaches it to use the context.
+
+  Raises:
+    ConfigError: if an architecture field differs (a shape does not match).
+  """
+  target = apdr_params["air"]
+
+  def graft(path, new, old):
+    name = "/".join(str(getattr(p, "key", p)) for p in path)
+    old = jnp.asarray(old)
+    if name == "rnn/latent/kernel" and old.shape[0] < new.shape[0]:
+      old = jnp.concatenate([old, jnp.zeros((new.shape[0] - old.shape[0],) +
+                                            old.shape[1:], old.dtype)])
+    if old.shape != new.shape:
+      raise ConfigError(f"init_air_from: AIR parameter {name} has shape "
+                        f"{old.shape}, APDR's discovery needs {new.shape}; "
+                        "use the same config.model fields for both")
+    return old
+
+  try:
+    grafted = jax.tree_util.tree_map_with_path(graft, target, air_params)
+  except ValueError as e:  # different tree structure
+    raise ConfigError(f"init_air_from: the AIR parameters do not fit APDR's "
+                      f"discovery ({e})") from e
+  return dict(apdr_params, air=grafted)
+
+
+def init_from_air_workdir(config, state: TrainState, workdir: str):
+  """`state` with APDR's discovery and decoder from the AIR run in `workdir`
+  (its newest checkpoint) and a fresh optimiser state."""
+  air_config = checkpoints.load_config(workdir)
+  if is_sequential(air_config):
+    raise ConfigError(f"init_air_from={workdir!r} is an APDR run; give an "
+                      "AIR workdir")
+  target = create_train_state(air_config, jax.random.key(0))
+  step, restored = checkpoints.restore_latest(checkpoints.manager(workdir),
+                                              target)
+  if restored is None:
+    raise CheckpointError(
+        f"init_air_from: no checkpoint under {workdir}/checkpoints")
+  params = graft_air_params(jax.device_get(state.params),
+                            jax.device_get(restored.params))
+  print(f"Discovery and decoder initialised from {workdir} (AIR, step {step}).",
+        flush=True)
+  return state.replace(params=params,
+                       opt_state=make_optimizer(config).init(params))
 
 
 def rho_at(config, step):
@@ -487,6 +544,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   if restored is not None:
     state = restored
     print(f"Resumed from {workdir} at step {restored_step}.", flush=True)
+  elif config.get("init_air_from"):
+    state = jax.device_put(
+        init_from_air_workdir(config, state, config.init_air_from), replicated)
   if is_writer:
     checkpoints.save_config(config, workdir)
   train_images = place_train_streams(training_images(config, train),

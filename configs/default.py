@@ -59,6 +59,9 @@ def get_config() -> ml_collections.ConfigDict:
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0
   config.curriculum_steps_per_frame = 0
+  # An AIR workdir (same `model` fields) whose networks initialise APDR's
+  # discovery and decoder ('' = from scratch); used only for a fresh run.
+  config.init_air_from = ""
 
   # Presence prior: rho (probability of one more object) annealed log-linearly.
   config.rho_start = 0.01

@@ -135,3 +135,27 @@ def test_air_baseline_trains_and_evaluates_on_sequences(tmp_path):
     assert np.isfinite(result[key]), key
   assert "prediction_mse" not in result  # AIR has no prior over time
   assert os.path.exists(tmp_path / "reconstructions.gif")
+
+  # The trained baseline initialises APDR's discovery and decoder.
+  apdr_config = _config(init_air_from=str(tmp_path))
+  state = train.create_train_state(apdr_config, jax.random.key(3))
+  grafted = train.init_from_air_workdir(apdr_config, state, str(tmp_path))
+  _, air_state = train.checkpoints.restore_latest(
+      train.checkpoints.manager(str(tmp_path)),
+      train.create_train_state(config, jax.random.key(0)))
+  air_params = jax.device_get(air_state.params)
+  latent = grafted.params["air"]["rnn"]["latent"]["kernel"]
+  rows = air_params["rnn"]["latent"]["kernel"].shape[0]
+  np.testing.assert_array_equal(latent[:rows],
+                                air_params["rnn"]["latent"]["kernel"])
+  np.testing.assert_array_equal(latent[rows:], 0.0)  # the new context rows
+  chex.assert_trees_all_equal(grafted.params["air"]["decoder"],
+                              air_params["decoder"])
+  chex.assert_trees_all_equal(grafted.params["prop_core"],
+                              state.params["prop_core"])
+  wider = _config(init_air_from=str(tmp_path))
+  wider.model.lstm_size = 24
+  with pytest.raises(ConfigError, match="shape"):
+    train.init_from_air_workdir(
+        wider, train.create_train_state(wider, jax.random.key(3)),
+        str(tmp_path))
