@@ -369,12 +369,16 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   slot_kl = slots.log_q_presence + slots.log_q_z - log_p_presence - log_p_z
   terms = jnp.concatenate([-slot_kl, log_lik[:, None]], -1)
   score_log_q = jnp.pad(slots.log_q_presence, ((0, 0), (0, 1)))
-  baseline = jax.vmap(
-      lambda h: _call(config, params, AIRNetworks.baseline_value, h),
-      in_axes=1, out_axes=1)(slots.hidden)
-  baseline = jnp.pad(baseline, ((0, 0), (0, 1)))
+  baseline = jnp.pad(baseline_values(config, params, slots.hidden),
+                     ((0, 0), (0, 1)))
   return LogWeightTerms(terms, score_log_q, baseline, log_lik,
                         slot_kl.sum(-1), slots, canvas)
+
+
+def baseline_values(config: AIRConfig, params, hidden: jax.Array) -> jax.Array:
+  """NVIL's baseline for every slot's decision: `[batch, N, lstm] -> [batch, N]`."""
+  return jax.vmap(lambda h: _call(config, params, AIRNetworks.baseline_value, h),
+                  in_axes=1, out_axes=1)(hidden)
 
 
 def sample_prior(config: AIRConfig, params, rng: jax.Array, batch_size: int,

@@ -465,9 +465,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   terms = jnp.concatenate([-prop_kl, -disc_kl, log_lik[:, None]], 1)
   score_log_q = jnp.concatenate([prop.log_q_presence, disc.log_q_presence,
                                  jnp.zeros_like(log_lik)[:, None]], 1)
-  disc_baseline = jax.vmap(
-      lambda h: air._call(a, params["air"], air.AIRNetworks.baseline_value, h),
-      in_axes=1, out_axes=1)(disc.hidden)
+  disc_baseline = air.baseline_values(a, params["air"], disc.hidden)
   baseline = jnp.concatenate([prop.baseline, disc_baseline,
                               jnp.zeros_like(log_lik)[:, None]], 1)
   objects = _compact(config, params, carry, prop, disc)
