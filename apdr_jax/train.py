@@ -499,11 +499,11 @@ def _evaluate_counts(config, params, test) -> dict:
     result = sequence_evaluation.count_accuracy(decomposed["counts"],
                                                 test["counts"])
     result.update(sequence_evaluation.tracking_scores(
-        decomposed, test, len(images)))
-    result.pop("iou_threshold")
+        decomposed, test, len(images), with_motmetrics=False))
+    result.pop("max_centre_distance")
     # The held-out figure the progress bar shows is the per-frame accuracy.
     result["count_accuracy"] = result["frame_count_accuracy"]
-    return {k: v for k, v in result.items() if not k.startswith("motmetrics")}
+    return result
   result = evaluation.decompose(model_config(config), _host(params), images,
                                 config.eval_batch_size)
   return evaluation.count_accuracy(result["counts"], test["counts"])

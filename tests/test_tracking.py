@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from apdr_jax import tracking
-from apdr_jax.errors import DataError
+from apdr_jax.errors import ConfigError, DataError
 
 # Two far-apart 10x10 objects, still in every frame.
 BOX_A = [0.0, 0.0, 10.0, 10.0]
@@ -183,6 +183,96 @@ def test_nan_box_of_absent_slot_is_ignored():
   assert tracking.tracking_metrics(pred, ids, boxes, ids)["mota"] == 1.0
 
 
+# A narrow "1"-like ink box (4x20) and the 20x20 window centred on it.
+INK = [8.0, 0.0, 12.0, 20.0]
+WINDOW = [0.0, 0.0, 20.0, 20.0]
+
+
+def _shifted(box, dx):
+  return [box[0] + dx, box[1], box[2] + dx, box[3]]
+
+
+def test_box_centre_distance_known_values():
+  distance = tracking.box_centre_distance([WINDOW], [INK, [3, 4, 23, 24]])
+  np.testing.assert_allclose(distance, [[0.0, 5.0]])
+
+
+def test_centre_matches_narrow_box_that_iou_misses():
+  true, pred, valid = np.array([INK]), np.array([WINDOW]), np.array([True])
+  assert tracking.box_iou(true, pred)[0, 0] == pytest.approx(0.2)
+  assert tracking.match_frame(pred, valid, true, valid, 0.5) == []
+  assert tracking.match_frame(pred, valid, true, valid,
+                              criterion="centre") == [(0, 0)]
+  true_boxes, ids = _still(3, [INK], [0])
+  pred_boxes, _ = _still(3, [WINDOW], [0])
+  iou = tracking.tracking_metrics(pred_boxes, ids, true_boxes, ids)
+  assert iou["num_matches"] == 0 and iou["mota"] == -1.0
+  centre = tracking.tracking_metrics(pred_boxes, ids, true_boxes, ids,
+                                     criterion="centre")
+  assert centre["num_matches"] == 3 and centre["mota"] == 1.0
+  assert centre["idf1"] == 1.0 and centre["motp"] == 1.0
+  assert centre["tracking_consistency"] == 1.0
+
+
+@pytest.mark.parametrize("dx, matched", [(4.0, True), (8.0, True),
+                                         (9.0, False)])
+def test_centre_max_distance(dx, matched):
+  true_boxes, ids = _still(2, [INK], [0])
+  pred_boxes, _ = _still(2, [_shifted(WINDOW, dx)], [0])
+  m = tracking.tracking_metrics(pred_boxes, ids, true_boxes, ids,
+                                criterion="centre", max_distance=8.0)
+  assert m["num_matches"] == (2 if matched else 0)
+  assert m["idf1"] == (1.0 if matched else 0.0)
+  if matched:  # similarity 1 - distance / max_distance
+    assert m["motp"] == pytest.approx(1 - dx / 8)
+  valid = np.array([True])
+  assert tracking.match_frame(pred_boxes[0, 0], valid, true_boxes[0, 0], valid,
+                              criterion="centre") == ([(0, 0)] if matched
+                                                      else [])
+
+
+def test_centre_last_match_is_kept_over_a_closer_new_one():
+  # As test_last_match_is_kept_over_a_better_new_one, by centre distance: id 0
+  # is 6 px off (allowed) and keeps the object; id 1, 1 px off, is a false
+  # positive.
+  true_boxes, true_ids = _still(2, [INK], [0])
+  pred_boxes = np.array([[[WINDOW, FAR],
+                          [_shifted(WINDOW, 6), _shifted(WINDOW, 1)]]])
+  pred_ids = np.array([[[0, -1], [0, 1]]], np.int32)
+  m = tracking.tracking_metrics(pred_boxes, pred_ids, true_boxes, true_ids,
+                                criterion="centre", max_distance=8.0)
+  assert m["id_switches"] == 0 and m["num_false_positives"] == 1
+  assert m["motp"] == pytest.approx((1.0 + 0.25) / 2)
+
+
+def test_swap_counts_the_same_under_both_criteria():
+  true_boxes, true_ids = _still(4, [BOX_A, BOX_B], [0, 1])
+  pred_ids = np.array([[[0, 1], [0, 1], [1, 0], [1, 0]]], np.int32)
+  args = (true_boxes, pred_ids, true_boxes, true_ids)
+  iou = tracking.tracking_metrics(*args)
+  centre = tracking.tracking_metrics(*args, criterion="centre")
+  assert iou["id_switches"] == centre["id_switches"] == 2
+  assert (iou.pop("criterion"), iou.pop("threshold")) == ("iou", 0.5)
+  assert (centre.pop("criterion"), centre.pop("threshold")) == ("centre", 8.0)
+  assert iou == centre
+
+
+@pytest.mark.parametrize("rule", [dict(criterion="center"),
+                                  dict(criterion="IoU"),
+                                  dict(criterion="centre", max_distance=0.0),
+                                  dict(max_distance=-1.0),
+                                  dict(criterion="centre",
+                                       max_distance=float("nan"))])
+def test_bad_criterion(rule):
+  boxes, ids = _still(2, [BOX_A], [0])
+  valid = np.array([True])
+  bad = str(rule.get("max_distance", rule.get("criterion")))
+  with pytest.raises(ConfigError, match=bad):
+    tracking.tracking_metrics(boxes, ids, boxes, ids, **rule)
+  with pytest.raises(ConfigError, match=bad):
+    tracking.match_frame(boxes[0, 0], valid, boxes[0, 0], valid, **rule)
+
+
 def _random_case(seed, n=3, frames=8, objects=3, slots=4):
   """Jittered, dropped, swapped and spurious predictions of moving boxes."""
   rng = np.random.default_rng(seed)
@@ -211,14 +301,20 @@ def _hand_made_cases():
   return [(boxes, swapped, boxes, ids), (boxes, gap, boxes, ids)]
 
 
+# Matching rules the cross-check runs: `criterion` and its threshold.
+CRITERIA = [dict(iou_threshold=0.3), dict(iou_threshold=0.5),
+            dict(criterion="centre", max_distance=3.0),
+            dict(criterion="centre", max_distance=8.0)]
+
+
 @pytest.mark.parametrize("case", range(6))
 def test_agrees_with_motmetrics(case):
   pytest.importorskip("motmetrics")
   cases = _hand_made_cases()
   args = cases[case] if case < len(cases) else _random_case(case)
-  for threshold in (0.3, 0.5):
-    ours = tracking.tracking_metrics(*args, iou_threshold=threshold)
-    theirs = tracking.motmetrics_summary(*args, iou_threshold=threshold)
+  for rule in CRITERIA:
+    ours = tracking.tracking_metrics(*args, **rule)
+    theirs = tracking.motmetrics_summary(*args, **rule)
     assert ours["num_matches"] > 0
     for key, value in theirs.items():
       assert ours[key] == pytest.approx(value, abs=1e-9), key
