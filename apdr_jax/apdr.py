@@ -50,16 +50,26 @@ class APDRConfig:
       RNNs.
     relation_size: width of the relation RNN `R^P`.
     survival_init: initial survival probability of q and of the prior.
-    transition_scale_init: initial std of the prior's `z_where` transition
-      (its `z_what` transition starts at 1).
+    transition_scale_init: initial std of the prior's transitions of
+      `z_where` and `z_what`, and of q's propagated `z_what`.
+    discovery_input: what discovery looks at: "residual", the frame minus
+      the propagated objects' rendering (clipped to [0, 1]), or "image", the
+      frame itself. The residual hides what is already explained, so an AIR
+      trained on single frames does not rediscover propagated digits; with
+      "image" only the relation state tells it, and training learned to
+      forget every object and rediscover it each frame instead (measured).
   """
   air: air.AIRConfig
   hidden_size: int = 256
   relation_size: int = 256
   survival_init: float = 0.95
   transition_scale_init: float = 0.1
+  discovery_input: str = "residual"
 
   def __post_init__(self):
+    if self.discovery_input not in ("residual", "image"):
+      raise ValueError(f"discovery_input={self.discovery_input!r}; use "
+                       "'residual' or 'image'")
     if self.air.context_dim != self.relation_size:
       raise ValueError(f"air.context_dim={self.air.context_dim} must equal "
                        f"relation_size={self.relation_size}")
@@ -101,8 +111,15 @@ class APDRNetworks(nn.Module):
         bias_init=nn.initializers.constant(_logit(c.survival_init)))
     self.prop_where = networks.GaussianHead(
         3, scale_bias=_inverse_softplus(a.where_scale_init))
+    # q's z_what starts as the previous z_what with a small std, and the
+    # prior's transition starts with the same small std: a propagated object
+    # then costs ~0 nats and redraws the same digit, where a fresh one costs
+    # -log rho plus its KL from N(0, I). With std 1 (or a random encoder),
+    # forgetting every object and rediscovering it was cheaper, and training
+    # learned to propagate nothing (measured: 0.01 objects per frame).
     self.prop_what = networks.GaussianHead(
-        a.z_what_dim, hidden_sizes=(a.mlp_size,), scale_bias=0.0)
+        a.z_what_dim, hidden_sizes=(a.mlp_size,),
+        scale_bias=_inverse_softplus(c.transition_scale_init))
     self.relation_rnn = networks.LSTM(c.relation_size)
     self.prop_baseline = networks.MLP((a.mlp_size,), 1)
     # Propagation prior: one RNN per object with shared weights.
@@ -113,7 +130,7 @@ class APDRNetworks(nn.Module):
     self.prior_where = networks.GaussianHead(
         3, scale_bias=_inverse_softplus(c.transition_scale_init))
     self.prior_what = networks.GaussianHead(
-        a.z_what_dim, scale_bias=_inverse_softplus(1.0))
+        a.z_what_dim, scale_bias=_inverse_softplus(c.transition_scale_init))
 
   # --- temporal and prior RNNs ------------------------------------------------
   def temporal_initial(self, batch: int) -> networks.LSTMState:
@@ -265,7 +282,8 @@ class Propagated(NamedTuple):
 
 def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
               temporal: networks.LSTMState, rng: jax.Array,
-              deterministic: bool = False) -> Propagated:
+              deterministic: bool = False,
+              min_survival: jax.Array | float = 0.0) -> Propagated:
   """Samples q^P(z^P_t, k_t | x_t, z_{t-1}, h^q_t) and scores it under p^P.
 
   Args:
@@ -276,6 +294,9 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     temporal: `h^q_t`.
     rng: a key.
     deterministic: posterior modes instead of samples.
+    min_survival: a floor on q's survival probability (a training warm-up:
+      near 1, objects must be tracked before they may be forgotten; q stays
+      a proper distribution, so the bound stays valid).
 
   Returns:
     `Propagated`.
@@ -304,6 +325,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
                   temporal.hidden, relation.hidden)
     prob, (where_loc, where_scale) = call(APDRNetworks.prop_heads, hidden,
                                           where_prev)
+    prob = jnp.maximum(prob, min_survival)
     if deterministic:
       presence = (prob > 0.5).astype(prob.dtype) * active
       z_where = where_loc
@@ -420,7 +442,8 @@ class FrameOutputs(NamedTuple):
 
 def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                image_gates: jax.Array, rng: jax.Array, rho: jax.Array,
-               deterministic: bool = False, with_canvas: bool = False):
+               deterministic: bool = False, with_canvas: bool = False,
+               min_survival: jax.Array | float = 0.0):
   """One frame: propagate, discover, render, score, compact (Algorithm 1).
 
   Args:
@@ -428,11 +451,13 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
     params: `APDRNetworks` parameters.
     carry: the previous frame's `Carry`.
     image: `[batch, H, W]`.
-    image_gates: `[batch, 4*lstm]`, AIR's image gates of this frame.
+    image_gates: `[batch, 4*lstm]`, AIR's image gates of this frame (unused,
+      and may be None, when discovery looks at the residual).
     rng: a key.
     rho: the discovery prior's probability of one more object.
     deterministic: posterior modes instead of samples.
     with_canvas: also return the reconstruction.
+    min_survival: floor on q's survival probability (see `propagate`).
 
   Returns:
     `(new Carry, FrameOutputs)`.
@@ -444,19 +469,24 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   temporal = _call(config, params, APDRNetworks.temporal_step, prev.z_where,
                    prev.z_what, prev.presence, carry.temporal)
   prop = propagate(config, params, image, carry, temporal, prop_key,
-                   deterministic)
+                   deterministic, min_survival)
   num_propagated = prop.presence.sum(-1)
   max_steps = config.num_slots - num_propagated.astype(jnp.int32)
-  disc = air.infer(a, params["air"], image, disc_key, image_gates=image_gates,
+  render = lambda z_what, z_where, presence: glimpse.render_sum(
+      air.decode(a, params["air"], z_what), z_where, presence, a.canvas_size,
+      a.canvas_size)
+  prop_canvas = render(prop.z_what, prop.z_where, prop.presence)
+  if config.discovery_input == "residual":
+    seen = jnp.clip(image - prop_canvas, 0.0, 1.0)
+    image_gates = air.image_gates(a, params["air"], seen)
+  else:
+    seen = image
+  disc = air.infer(a, params["air"], seen, disc_key, image_gates=image_gates,
                    context=prop.relation.hidden, max_steps=max_steps,
                    deterministic=deterministic)
   disc_log_p_presence, disc_log_p_z = air.prior_log_probs(a, disc, rho)
-  # Render every present object of both phases (absent slots weigh 0).
-  z_what = jnp.concatenate([prop.z_what, disc.z_what], 1)
-  z_where = jnp.concatenate([prop.z_where, disc.z_where], 1)
-  presence = jnp.concatenate([prop.presence, disc.presence], 1)
-  canvas = glimpse.render_sum(air.decode(a, params["air"], z_what), z_where,
-                              presence, a.canvas_size, a.canvas_size)
+  # Every present object of both phases (absent slots weigh 0).
+  canvas = prop_canvas + render(disc.z_what, disc.z_where, disc.presence)
   log_lik = air.log_likelihood(a, image, canvas)
   prop_kl = (prop.log_q_presence + prop.log_q_z - prop.log_p_presence -
              prop.log_p_z)
@@ -501,8 +531,14 @@ class SequenceTerms(NamedTuple):
 
 
 def image_gates(config: APDRConfig, params, images: jax.Array) -> jax.Array:
-  """AIR's image gates of every frame at once: `[B, T, H, W] -> [B, T, 4L]`."""
+  """AIR's image gates of every frame at once: `[B, T, H, W] -> [B, T, 4L]`.
+
+  With `discovery_input="residual"` discovery computes its gates from each
+  frame's residual instead, and this returns an empty `[B, T, 0]`.
+  """
   b, t = images.shape[:2]
+  if config.discovery_input == "residual":
+    return jnp.zeros((b, t, 0))
   gates = air.image_gates(config.air, params["air"],
                           images.reshape((b * t,) + images.shape[2:]))
   return gates.reshape(b, t, -1)
@@ -512,7 +548,8 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
                      rng: jax.Array, rho: jax.Array, *,
                      gates: jax.Array | None = None,
                      deterministic: bool = False,
-                     with_canvas: bool = False) -> SequenceTerms:
+                     with_canvas: bool = False,
+                     min_survival: jax.Array | float = 0.0) -> SequenceTerms:
   """Samples q over a sequence once per input and returns its log-weight.
 
   Args:
@@ -525,6 +562,7 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
       across samples.
     deterministic: posterior modes (evaluation).
     with_canvas: also return the reconstructions in `frames.canvas`.
+    min_survival: floor on q's survival probability (see `propagate`).
 
   Returns:
     `SequenceTerms`.
@@ -537,7 +575,7 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
     image, gate, index = inputs
     return frame_step(config, params, carry, image, gate,
                       jax.random.fold_in(rng, index), rho, deterministic,
-                      with_canvas)
+                      with_canvas, min_survival)
 
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   _, frames = jax.lax.scan(

@@ -276,7 +276,8 @@ def rho_at(config, step):
                           config.rho_anneal_steps)
 
 
-def loss_and_metrics(config, params, nvil_state, images, rng, rho):
+def loss_and_metrics(config, params, nvil_state, images, rng, rho,
+                     min_survival=0.0):
   """The surrogate loss for one batch and the scalars to log.
 
   Args:
@@ -286,12 +287,14 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho):
     images: `[batch, H, W]` float32 in [0, 1].
     rng: key for the `K` samples.
     rho: scalar presence prior.
+    min_survival: APDR only, the floor on q's survival probability.
 
   Returns:
     `(loss, (new_nvil_state, metrics))`.
   """
   if is_sequential(config):
-    return _apdr_loss_and_metrics(config, params, nvil_state, images, rng, rho)
+    return _apdr_loss_and_metrics(config, params, nvil_state, images, rng, rho,
+                                  min_survival)
   mc = model_config(config)
   k, batch = config.num_samples, images.shape[0]
   # The K samples are folded into the batch rather than vmapped: XLA's CPU
@@ -323,7 +326,8 @@ def _surrogate(config, out, nvil_state) -> objectives.Surrogate:
                          nvil_state, config.nvil_decay, config.nvil_normalise)
 
 
-def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho):
+def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
+                           min_survival):
   """`loss_and_metrics` for APDR on `sequences [batch, T, H, W]`.
 
   The terms of a `T`-frame curriculum stage are padded with zero columns to
@@ -332,11 +336,12 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho):
   """
   mc = model_config(config)
   k, batch = config.num_samples, sequences.shape[0]
-  gates = apdr.image_gates(mc, params, sequences)  # shared by the K samples
+  # Shared by the K samples (empty when discovery reads the residual).
+  gates = apdr.image_gates(mc, params, sequences)
   tile = lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
       (k * batch,) + x.shape[1:])
   out = apdr.log_weight_terms(mc, params, tile(sequences), rng, rho,
-                              gates=tile(gates))
+                              gates=tile(gates), min_survival=min_survival)
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
   pad = num_terms(config) - out.terms.shape[-1]
   widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad)))
@@ -390,9 +395,13 @@ def make_update_step(config, mesh, max_traces: int | None = None,
     images = images.astype(jnp.float32) / 255.0
     images = jax.lax.with_sharding_constraint(images, batch_sharding)
     rho = rho_at(config, state.step)
+    # APDR's warm-up: objects may not be forgotten until tracking is learnt.
+    min_survival = jnp.where(
+        state.step < config.get("survival_warmup_steps", 0), 0.999, 0.0)
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
     (loss, (nvil, metrics)), grads = grad_fn(config, state.params, state.nvil,
-                                            images, sample_key, rho)
+                                            images, sample_key, rho,
+                                            min_survival)
     grads, grad_norm, baseline_grad_norm = clip_by_group_norm(
         grads, config.grad_clip_norm)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

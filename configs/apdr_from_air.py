@@ -24,6 +24,10 @@ def get_config():
   config.num_steps = 4_000
   config.curriculum_start_frames = 3
   config.curriculum_steps_per_frame = 500
+  # Without it, forgetting every object and rediscovering it in the next
+  # frame was cheaper than tracking with an untrained propagation network,
+  # and training learnt to propagate nothing (0.03 objects per frame).
+  config.survival_warmup_steps = 1_000
   config.eval_every = 500
   config.checkpoint_every = 500
   return config

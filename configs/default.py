@@ -55,10 +55,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.apdr.relation_size = 256
   config.apdr.survival_init = 0.95
   config.apdr.transition_scale_init = 0.1
+  config.apdr.discovery_input = "residual"  # or 'image' (see apdr.APDRConfig)
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0
   config.curriculum_steps_per_frame = 0
+  # APDR: for this many steps q's survival probability is at least 0.999, so
+  # propagation learns to track before forgetting can win (0 = no warm-up).
+  config.survival_warmup_steps = 0
   # An AIR workdir (same `model` fields) whose networks initialise APDR's
   # discovery and decoder ('' = from scratch); used only for a fresh run.
   config.init_air_from = ""
