@@ -88,6 +88,37 @@ def test_forgotten_objects_free_their_slots_and_new_ones_get_new_ids(params):
   np.testing.assert_array_equal(out.frames.num_propagated, 0)
 
 
+def test_survival_floor_keeps_objects_during_the_warm_up(params):
+  """`min_survival` near 1 overrides a network that would forget everything,
+  and the log q of the decisions is that of the floored probability."""
+  p = _set_presence(params, survival_logit=-30.0, discovery_logit=30.0)
+  out = apdr.log_weight_terms(TINY, p, _sequences(2, 3), jax.random.key(3),
+                              0.5, min_survival=0.999)
+  np.testing.assert_array_equal(out.frames.num_propagated[:, 1:], 2)
+  np.testing.assert_array_equal(out.frames.ids,
+                                np.broadcast_to([0, 1], (2, 3, 2)))
+  prop_log_q = out.score_log_q.reshape(2, 3, -1)[:, 1:, :2]
+  np.testing.assert_allclose(prop_log_q, np.log(0.999), rtol=1e-4)
+
+
+def test_discovery_input_is_validated():
+  with pytest.raises(ValueError, match="discovery_input"):
+    apdr.APDRConfig(air=TINY_AIR, relation_size=8, discovery_input="diff")
+
+
+def test_discovery_on_the_image_or_the_residual_differ_only_after_frame_0(
+    params):
+  """Frame 0 has nothing propagated: both inputs give the same first frame."""
+  image_config = apdr.APDRConfig(air=TINY_AIR, hidden_size=10, relation_size=8,
+                                 discovery_input="image")
+  x = _sequences(2, 2)
+  residual = apdr.log_weight_terms(TINY, params, x, jax.random.key(4), 0.3)
+  on_image = apdr.log_weight_terms(image_config, params, x, jax.random.key(4),
+                                   0.3)
+  np.testing.assert_allclose(residual.frames.terms[:, 0],
+                             on_image.frames.terms[:, 0], rtol=1e-5, atol=1e-4)
+
+
 def test_compaction_is_stable_and_keeps_ids_and_prior_states():
   """Slot 0 forgotten, slot 1 propagated, one object discovered."""
   n, d, h = 2, TINY_AIR.z_what_dim, TINY.hidden_size
