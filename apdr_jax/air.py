@@ -206,12 +206,9 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     prob, (where_loc, where_scale) = _call(config, params, AIRNetworks.heads,
                                            state.hidden)
     active = prev_presence * (index < max_steps)
-    if deterministic:
-      presence = (prob > 0.5).astype(prob.dtype) * active
-      z_where = where_loc
-    else:
-      presence = dist.bernoulli_sample(presence_key, prob) * active
-      z_where = dist.normal_sample(where_key, where_loc, where_scale)
+    presence, z_where = sample_presence_and_where(
+        presence_key, where_key, prob, where_loc, where_scale, active,
+        deterministic)
     patch = glimpse.extract(images, z_where, config.glimpse_size,
                             config.extract_method)
     what_loc, what_scale = _call(config, params, AIRNetworks.encode,
@@ -247,6 +244,16 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
                                            jnp.swapaxes(rest, 0, 1)], 1),
       first_outputs, outputs)
   return Slots(*outputs, final_state=final_state)
+
+
+def sample_presence_and_where(presence_key, where_key, prob, where_loc,
+                              where_scale, active, deterministic: bool):
+  """A presence bit (0 where not `active`) and `z_where`, sampled or at
+  their modes (`prob > 0.5`, the mean); shared with APDR's propagation."""
+  if deterministic:
+    return (prob > 0.5).astype(prob.dtype) * active, where_loc
+  return (dist.bernoulli_sample(presence_key, prob) * active,
+          dist.normal_sample(where_key, where_loc, where_scale))
 
 
 def first_lstm_state(config: AIRConfig, params, image_gates: jax.Array,

@@ -326,12 +326,9 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     prob, (where_loc, where_scale) = call(APDRNetworks.prop_heads, hidden,
                                           where_prev)
     prob = jnp.maximum(prob, min_survival)
-    if deterministic:
-      presence = (prob > 0.5).astype(prob.dtype) * active
-      z_where = where_loc
-    else:
-      presence = dist.bernoulli_sample(presence_key, prob) * active
-      z_where = dist.normal_sample(where_key, where_loc, where_scale)
+    presence, z_where = air.sample_presence_and_where(
+        presence_key, where_key, prob, where_loc, where_scale, active,
+        deterministic)
     patch = glimpse.extract(image, z_where, a.glimpse_size, a.extract_method)
     what_loc, what_scale = call(APDRNetworks.prop_encode,
                                 patch.reshape(batch, -1), hidden, what_prev)
