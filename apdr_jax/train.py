@@ -469,19 +469,16 @@ def load_data(config):
                   overlap=d.overlap, source=d.source, seed=d.seed,
                   speed_min=d.speed_min, speed_max=d.speed_max,
                   velocity_noise=d.velocity_noise, enter_leave=d.enter_leave)
-    train = data.load_sequences(data.SequenceRecipe(
-        num_sequences=d.num_train_scenes, split="train", **common), cache_dir)
-    test = data.load_sequences(data.SequenceRecipe(
-        num_sequences=d.num_test_scenes, split="test", **common), cache_dir)
-    return train, test
-  common = dict(canvas_size=d.canvas_size, min_digits=d.min_digits,
-                max_digits=d.max_digits, overlap=d.overlap, max_iou=d.max_iou,
-                source=d.source, seed=d.seed)
-  train = data.load_scenes(data.SceneRecipe(
-      num_scenes=d.num_train_scenes, split="train", **common), cache_dir)
-  test = data.load_scenes(data.SceneRecipe(
-      num_scenes=d.num_test_scenes, split="test", **common), cache_dir)
-  return train, test
+    load, recipe, count = (data.load_sequences, data.SequenceRecipe,
+                           "num_sequences")
+  else:
+    common = dict(canvas_size=d.canvas_size, min_digits=d.min_digits,
+                  max_digits=d.max_digits, overlap=d.overlap,
+                  max_iou=d.max_iou, source=d.source, seed=d.seed)
+    load, recipe, count = data.load_scenes, data.SceneRecipe, "num_scenes"
+  return tuple(load(recipe(split=split, **{count: num}, **common), cache_dir)
+               for split, num in (("train", d.num_train_scenes),
+                                  ("test", d.num_test_scenes)))
 
 
 def training_images(config, train) -> np.ndarray:

@@ -12,30 +12,30 @@ from configs import tiny
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def test_notebook_code_cells_run(tmp_path, monkeypatch):
-  config = tiny.get_config()
-  config.num_devices = 1
-  train.train_and_evaluate(config, str(tmp_path))
-  monkeypatch.setenv("APDR_WORKDIR", str(tmp_path))
-  with open(os.path.join(ROOT, "notebooks", "explore_air.ipynb")) as f:
+def _run_notebook(name, workdir, monkeypatch) -> dict:
+  """Runs a notebook's code cells in order against `workdir`; its namespace."""
+  monkeypatch.setenv("APDR_WORKDIR", workdir)
+  with open(os.path.join(ROOT, "notebooks", name)) as f:
     cells = json.load(f)["cells"]
   namespace = {}
   for cell in cells:
     if cell["cell_type"] == "code":
       exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
+  return namespace
+
+
+def test_notebook_code_cells_run(tmp_path, monkeypatch):
+  config = tiny.get_config()
+  config.num_devices = 1
+  train.train_and_evaluate(config, str(tmp_path))
+  namespace = _run_notebook("explore_air.ipynb", str(tmp_path), monkeypatch)
   assert namespace["result"]["counts"].shape == (16,)
   assert namespace["step"] == config.num_steps
 
 
 def test_apdr_notebook_code_cells_run(tiny_apdr_run, monkeypatch):
   path, _ = tiny_apdr_run
-  monkeypatch.setenv("APDR_WORKDIR", path)
-  with open(os.path.join(ROOT, "notebooks", "explore_apdr.ipynb")) as f:
-    cells = json.load(f)["cells"]
-  namespace = {}
-  for cell in cells:
-    if cell["cell_type"] == "code":
-      exec(compile("".join(cell["source"]), "notebook", "exec"), namespace)
+  namespace = _run_notebook("explore_apdr.ipynb", path, monkeypatch)
   # tiny_apdr: 8 held-out sequences of 3 frames, 2 slots.
   assert namespace["result"]["ids"].shape == (8, 3, 2)
   assert "tracking_consistency" in namespace["scores"]
