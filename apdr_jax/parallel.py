@@ -41,6 +41,24 @@ def check_batch_divides(batch_size: int, mesh: Mesh, what: str = "batch_size"):
         f"use a multiple of {count} or set num_devices.")
 
 
+def barrier(name: str, timeout_s: int = 7200) -> None:
+  """Waits until every process has reached the barrier `name`.
+
+  A no-op in a single process. The wait happens in the coordination service
+  of `jax.distributed` (as in JAX's own multi-process tests), not in a device
+  collective: CPU collectives (gloo) give a late peer only 30 s, less than a
+  compile or an evaluation on process 0 can take.
+
+  Args:
+    name: unique per call site and step (a barrier name is used once).
+    timeout_s: how long to wait before failing.
+  """
+  if jax.process_count() == 1:
+    return
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top
+  distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

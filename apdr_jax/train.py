@@ -431,8 +431,9 @@ def place_train_streams(images: np.ndarray, batch_size: int, mesh):
   are dropped), and batch position `j` always draws from stream `j`. The
   device that holds batch positions `j` therefore holds stream `j`, so drawing
   a batch moves no data between devices, and the batch is the same whatever
-  the number of devices or hosts. Each process places only the streams of its
-  own devices.
+  the number of devices or hosts. Each process places, and reads from
+  `images`, only the streams of its own devices (a memory-mapped `images`
+  is read only there).
 
   Args:
     images: `[num, H, W]` uint8.
@@ -449,15 +450,28 @@ def place_train_streams(images: np.ndarray, batch_size: int, mesh):
   streams = images[:rows].reshape((rows // batch_size, batch_size) +
                                   images.shape[1:])
   sharding = NamedSharding(mesh, P(None, parallel.DATA_AXIS))
-  return jax.make_array_from_callback(streams.shape, sharding,
-                                      lambda index: streams[index])
+  placed = set()
+
+  def read(index):
+    # With a memory-mapped `images`, only these rows are read from disk.
+    placed.update(range(batch_size)[index[1]])
+    return np.asarray(streams[index])
+
+  array = jax.make_array_from_callback(streams.shape, sharding, read)
+  if jax.process_count() > 1:
+    print(f"Process {jax.process_index()} of {jax.process_count()} read "
+          f"training streams {sorted(placed)} of {batch_size} "
+          f"({len(placed) * streams[:, 0].nbytes / 2**20:.1f} MiB).",
+          flush=True)
+  return array
 
 
 def load_data(config):
   """Training and held-out data of a run config (uint8 images, from the cache).
 
   Returns:
-    `(train, test)` dicts: scenes (`images [n, H, W]`, `counts`, `boxes`) or,
+    `(train, test)` dicts (the training arrays are read-only memory maps of
+    the cache file): scenes (`images [n, H, W]`, `counts`, `boxes`) or,
     with `data.kind='sequences'`, sequences (`images [n, T, H, W]`,
     `counts [n, T]`, `boxes`, `ids`, `presence`).
   """
@@ -476,7 +490,10 @@ def load_data(config):
                   max_digits=d.max_digits, overlap=d.overlap,
                   max_iou=d.max_iou, source=d.source, seed=d.seed)
     load, recipe, count = data.load_scenes, data.SceneRecipe, "num_scenes"
-  return tuple(load(recipe(split=split, **{count: num}, **common), cache_dir)
+  # The training split is memory-mapped: `place_train_streams` then reads from
+  # disk only the rows of this process's streams.
+  return tuple(load(recipe(split=split, **{count: num}, **common), cache_dir,
+                    mmap=split == "train")
                for split, num in (("train", d.num_train_scenes),
                                   ("test", d.num_test_scenes)))
 
@@ -564,8 +581,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   def update(state, images, key, step):
     frames = num_frames_at(config, step - 1)
     if frames not in updates:
-      updates[frames] = make_update_step(config, mesh,
-                                         num_frames=frames or None)
+      step_fn = make_update_step(config, mesh, num_frames=frames or None)
+      if jax.process_count() > 1:
+        # Compile first, then start together: a process whose peers are
+        # still compiling would otherwise time out in its first collective.
+        step_fn = step_fn.lower(state, images, key).compile()
+        parallel.barrier(f"apdr_jax/compiled/{frames}/{step}")
+      updates[frames] = step_fn
     return updates[frames](state, images, key)
 
   writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
@@ -593,9 +615,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         last_time, last_step = now, step
         # Evaluation runs on host copies of the parameters and needs no
         # other process, so only process 0 (which writes it) spends time on it.
-        if is_writer and (step % config.eval_every == 0 or
-                          step == config.num_steps):
+        evaluate_now = (step % config.eval_every == 0 or
+                        step == config.num_steps)
+        if is_writer and evaluate_now:
           scalars.update(_evaluate_counts(config, state.params, test))
+        if evaluate_now:  # the other processes wait here for process 0
+          parallel.barrier(f"apdr_jax/evaluated/{step}")
           last_time = time.perf_counter()  # evaluation is not training time
         writer.write(step, scalars)
         if progress is not None:
@@ -615,10 +640,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     print(f"First step (compile) took {compile_time:.1f} s.", flush=True)
   extra = {"steps": int(state.step), "compile_seconds": compile_time,
            "train_seconds": time.perf_counter() - started}
-  if not is_writer:
-    return extra  # process 0 evaluates and writes (see above)
-  return final_evaluation(config, state.params, test, workdir, is_writer,
-                          extra=extra)
+  result = extra  # process 0 evaluates and writes (see above)
+  if is_writer:
+    result = final_evaluation(config, state.params, test, workdir, is_writer,
+                              extra=extra)
+  # The others wait here, so that none shuts the distributed runtime down
+  # while process 0 is still evaluating.
+  parallel.barrier("apdr_jax/final_evaluation")
+  return result
 
 
 def final_evaluation(config, params, test, workdir, is_writer=True,

@@ -345,8 +345,38 @@ def test_cache_dir_from_environment(tmp_path, monkeypatch):
   assert data.scene_cache_path(recipe).startswith(str(tmp_path / "env"))
 
 
+def test_memory_mapped_cache_equals_full_read(tmp_path):
+  recipe = dataclasses.replace(SMALL, num_scenes=40)
+  # A cache miss with mmap=True already returns memory maps of the new file.
+  mapped_first = data.load_scenes(recipe, cache_dir=tmp_path, mmap=True)
+  assert isinstance(mapped_first["images"], np.memmap)
+  full = data.load_scenes(recipe, cache_dir=tmp_path)
+  mapped = data.load_scenes(recipe, cache_dir=tmp_path, mmap=True)
+  for key in full:
+    assert not isinstance(full[key], np.memmap)
+    assert isinstance(mapped[key], np.memmap), key
+    assert not mapped[key].flags.writeable
+    np.testing.assert_array_equal(mapped[key], full[key])
+    assert mapped[key].dtype == full[key].dtype
+
+
+def test_compressed_cache_from_older_versions_still_read(tmp_path):
+  recipe = dataclasses.replace(SMALL, num_scenes=20)
+  good = data.load_scenes(recipe, cache_dir=tmp_path)
+  path = data.scene_cache_path(recipe, tmp_path)
+  with np.load(path) as archive:
+    members = {key: archive[key] for key in archive.files}
+  with open(path, "wb") as handle:
+    np.savez_compressed(handle, **members)
+  mapped = data.load_scenes(recipe, cache_dir=tmp_path, mmap=True)
+  for key in good:  # read in full: deflated members cannot be mapped
+    assert not isinstance(mapped[key], np.memmap)
+    np.testing.assert_array_equal(mapped[key], good[key])
+
+
+@pytest.mark.parametrize("mmap", [False, True])
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "wrong_recipe"])
-def test_corrupt_cache_regenerated(tmp_path, damage):
+def test_corrupt_cache_regenerated(tmp_path, damage, mmap):
   recipe = dataclasses.replace(SMALL, num_scenes=20)
   good = data.load_scenes(recipe, cache_dir=tmp_path)
   path = data.scene_cache_path(recipe, tmp_path)
@@ -362,7 +392,7 @@ def test_corrupt_cache_regenerated(tmp_path, damage):
     data.load_scenes(other, cache_dir=tmp_path)
     os.replace(data.scene_cache_path(other, tmp_path), path)
   with pytest.warns(RuntimeWarning, match="regenerating"):
-    again = data.load_scenes(recipe, cache_dir=tmp_path)
+    again = data.load_scenes(recipe, cache_dir=tmp_path, mmap=mmap)
   for key in good:
     np.testing.assert_array_equal(good[key], again[key])
   with np.load(path) as archive:  # the file was rewritten and is valid

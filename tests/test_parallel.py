@@ -89,14 +89,12 @@ def _free_port():
     return s.getsockname()[1]
 
 
-# AIR only: APDR's data path through several processes is the same code
-# (`place_train_streams` on a leading stream axis), and two more APDR
-# compilations per process would cost about 3 minutes of CI.
-@pytest.mark.parametrize("config_module", [tiny])
+@pytest.mark.parametrize("config_module", [tiny, tiny_apdr])
 def test_two_processes_on_loopback_equal_one_process(tmp_path, config_module):
   name = config_module.__name__.split(".")[-1]
-  overrides = {"num_steps": 3, "checkpoint_every": 3, "log_every": 3,
-               "eval_every": 3, "final_iwae_samples": 2,
+  # Process 0 evaluates at step 2 while process 1 waits (`parallel.barrier`).
+  overrides = {"num_steps": 3, "checkpoint_every": 3, "log_every": 1,
+               "eval_every": 2, "final_iwae_samples": 2,
                "curriculum_start_frames": 0}
   workdir = tmp_path / "multi"
   port = _free_port()
@@ -113,6 +111,13 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path, config_module):
   outputs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
+  # Each process read only its own half of the training streams (the cache is
+  # memory-mapped, so the other half never leaves the disk).
+  batch = config_module.get_config().batch_size
+  for i, out in enumerate(outputs):
+    own = list(range(i * batch // 2, (i + 1) * batch // 2))
+    assert f"Process {i} of 2 read training streams {own} of {batch}" in out, \
+        out[-3000:]
   assert (workdir / "metrics.jsonl").exists()
   config = config_module.get_config()
   config.update(num_devices=1, **overrides)

@@ -1,5 +1,10 @@
 """The on-disk ``.npz`` cache shared by generated data (scenes, sequences).
 
+Files are written uncompressed, so that a reader may memory-map an array
+(``read_arrays(..., mmap=True)``) and touch only the rows it indexes: each
+process of a multi-host run reads only its own shard of the training data.
+Older, compressed files are still read, in full.
+
 A cache file holds the canonical JSON of the recipe that produced it
 (``recipe``), the generator's format version (``format_version``) and the named
 arrays. Its name carries the sha1 of the recipe JSON together with the format
@@ -15,8 +20,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import uuid
 import warnings
+import zipfile
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
@@ -73,8 +80,38 @@ def cache_path(prefix: str, recipe_json: str, version: int,
   return os.path.join(os.fspath(cache_dir), f"{prefix}-{key}.npz")
 
 
+def _memmap_member(path: str, archive: zipfile.ZipFile,
+                   name: str) -> Optional[np.ndarray]:
+  """A read-only memory map of the stored (uncompressed) ``name.npy`` member.
+
+  Returns ``None`` when the member is compressed, which cannot be mapped.
+  """
+  info = archive.getinfo(f"{name}.npy")
+  if info.compress_type != zipfile.ZIP_STORED:
+    return None
+  with open(path, "rb") as handle:
+    handle.seek(info.header_offset)
+    local_header = handle.read(30)
+    if local_header[:4] != b"PK\x03\x04":
+      raise ValueError(f"bad zip local header for {name}")
+    name_length, extra_length = struct.unpack("<HH", local_header[26:30])
+    handle.seek(info.header_offset + 30 + name_length + extra_length)
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+      shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+    else:
+      shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+    offset = handle.tell()
+  if dtype.hasobject:
+    raise ValueError(f"{name} holds Python objects")
+  if int(np.prod(shape)) == 0:
+    return np.zeros(shape, dtype)  # numpy cannot map zero bytes
+  return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=shape,
+                   order="F" if fortran_order else "C")
+
+
 def read_arrays(path: str, recipe_json: str, version: int,
-                expected: Expected) -> Dict[str, np.ndarray]:
+                expected: Expected, mmap: bool = False) -> Dict[str, np.ndarray]:
   """Reads and checks a cache file.
 
   Args:
@@ -82,6 +119,9 @@ def read_arrays(path: str, recipe_json: str, version: int,
     recipe_json: the recipe JSON the file must hold.
     version: the format version the file must hold.
     expected: ``{name: (dtype, shape)}`` of every array to read.
+    mmap: return read-only memory maps of the file's arrays instead of
+      reading them, so that only the pages later indexed are read (arrays of
+      older, compressed files are read in full).
 
   Returns:
     ``{name: array}`` for the names of ``expected``, in its order.
@@ -97,12 +137,20 @@ def read_arrays(path: str, recipe_json: str, version: int,
       raise ValueError("recipe stored in the file differs")
     if int(archive["format_version"]) != version:
       raise ValueError("format version differs")
-    data = {key: np.array(archive[key]) for key in expected}
+    data = {}
+    for key in expected:
+      mapped = _memmap_member(path, archive.zip, key) if mmap else None
+      data[key] = np.array(archive[key]) if mapped is None else mapped
   for key, (dtype, shape) in expected.items():
     if data[key].dtype != dtype or data[key].shape != shape:
       raise ValueError(
           f"{key} has {data[key].dtype} {data[key].shape}, expected "
           f"{np.dtype(dtype)} {shape}")
+  if mmap:  # a truncated file maps but fails on access: check its size now
+    size = os.path.getsize(path)
+    for key, array in data.items():
+      if isinstance(array, np.memmap) and array.offset + array.nbytes > size:
+        raise ValueError(f"{key} runs past the end of the file")
   return data
 
 
@@ -132,7 +180,7 @@ def write_arrays(path: str, recipe_json: str, version: int,
   tmp_path = f"{path}.{os.getpid()}.{uuid.uuid4().hex}.tmp"
   try:
     with open(tmp_path, "xb") as handle:
-      np.savez_compressed(
+      np.savez(  # uncompressed, so that readers can memory-map the arrays
           handle,
           recipe=np.array(recipe_json),
           format_version=np.array(version, dtype=np.int64),
@@ -153,6 +201,7 @@ def load_or_generate(
     expected: Expected,
     generate_fn: Callable[[], Mapping[str, np.ndarray]],
     what: str = "scene",
+    mmap: bool = False,
 ) -> Dict[str, np.ndarray]:
   """Reads a cache file, or generates its arrays and writes it.
 
@@ -171,13 +220,15 @@ def load_or_generate(
       returns at least the arrays named in ``expected``.
     what: singular noun for the warnings, e.g. ``'scene'`` gives "Scene cache
       ... is unreadable or stale" and "Could not write the scene cache ...".
+    mmap: memory-map the arrays of an existing file (see :func:`read_arrays`);
+      freshly generated arrays are returned in memory.
 
   Returns:
     The cached arrays, or those of ``generate_fn``.
   """
   if os.path.exists(path):
     try:
-      return read_arrays(path, recipe_json, version, expected)
+      return read_arrays(path, recipe_json, version, expected, mmap=mmap)
     except Exception as exc:  # pylint: disable=broad-except
       warnings.warn(
           f"{what.capitalize()} cache {path} is unreadable or stale "
@@ -188,6 +239,8 @@ def load_or_generate(
   try:
     write_arrays(path, recipe_json, version,
                  {key: data[key] for key in expected})
+    if mmap:  # the same kind of arrays whether the file existed or not
+      return read_arrays(path, recipe_json, version, expected, mmap=True)
   except OSError as exc:
     warnings.warn(
         f"Could not write the {what} cache {path} ({exc}); continuing "

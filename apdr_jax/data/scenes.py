@@ -51,8 +51,8 @@ __all__ = [
 
 #: Version of the generator and cache format; part of every cache key. Bump
 #: it whenever :func:`generate_scenes` would produce different arrays for a
-#: recipe.
-FORMAT_VERSION = 1
+#: recipe. 2: the same arrays, stored uncompressed (memory-mappable).
+FORMAT_VERSION = 2
 #: How digits are combined where they overlap: ``'clip_sum'`` adds the
 #: intensities then clips to 1; ``'max'`` takes the pixelwise maximum.
 OVERLAP_RULES = ("clip_sum", "max")
@@ -442,8 +442,12 @@ def _expected_arrays(recipe: SceneRecipe):
 
 
 def load_scenes(recipe: SceneRecipe,
-                cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+                cache_dir: Optional[str] = None,
+                mmap: bool = False) -> Dict[str, np.ndarray]:
   """Loads the scenes of a recipe from the cache, generating them if needed.
+    mmap: return the arrays as read-only memory maps of the cache file, so
+      that only the rows a caller indexes are read from disk (each process of
+      a multi-host run reads only its shard).
 
   The recipe is validated first. The cache file is
   :func:`scene_cache_path` ``(recipe, cache_dir)``. When it is missing, the
@@ -473,7 +477,8 @@ def load_scenes(recipe: SceneRecipe,
   return cache_lib.load_or_generate(
       scene_cache_path(recipe, cache_dir), recipe.to_json(), FORMAT_VERSION,
       _expected_arrays(recipe),
-      lambda: generate_scenes(recipe, *_recipe_bank(recipe)), what="scene")
+      lambda: generate_scenes(recipe, *_recipe_bank(recipe)), what="scene",
+      mmap=mmap)
 
 
 def to_float(images) -> np.ndarray:

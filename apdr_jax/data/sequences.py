@@ -62,7 +62,8 @@ __all__ = [
 
 #: Version of the sequence generator and cache format; part of every cache key.
 #: Bump it whenever :func:`generate_sequences` would produce different arrays.
-SEQUENCE_FORMAT_VERSION = 1
+#: 2: the same arrays, stored uncompressed (memory-mappable).
+SEQUENCE_FORMAT_VERSION = 2
 
 _RENDER_CHUNK_FRAMES = 2048
 # Private helpers of the same package, shared rather than copied.
@@ -465,8 +466,12 @@ def _expected_arrays(recipe: SequenceRecipe):
 
 
 def load_sequences(recipe: SequenceRecipe,
-                   cache_dir: Optional[str] = None) -> Dict[str, np.ndarray]:
+                   cache_dir: Optional[str] = None,
+                   mmap: bool = False) -> Dict[str, np.ndarray]:
   """Loads the sequences of a recipe from the cache, generating them if needed.
+    mmap: return the arrays as read-only memory maps of the cache file, so
+      that only the rows a caller indexes are read from disk (each process of
+      a multi-host run reads only its shard).
 
   Works as :func:`apdr_jax.data.scenes.load_scenes` does for scenes: the
   recipe is validated, then the arrays are read from
@@ -496,4 +501,4 @@ def load_sequences(recipe: SequenceRecipe,
       sequence_cache_path(recipe, cache_dir), recipe.to_json(),
       SEQUENCE_FORMAT_VERSION, _expected_arrays(recipe),
       lambda: generate_sequences(recipe, *_recipe_bank(recipe)),
-      what="sequence")
+      what="sequence", mmap=mmap)
