@@ -119,6 +119,99 @@ def test_discovery_on_the_image_or_the_residual_differ_only_after_frame_0(
                              on_image.frames.terms[:, 0], rtol=1e-5, atol=1e-4)
 
 
+def _hand_wired_params(config: apdr.APDRConfig):
+  """Weights set by hand so that the networks' own decisions follow the image.
+
+  Every weight is 0 except:
+  * propagation: the glimpse at an object's previous location feeds its mean
+    intensity `m` through `prop_glimpse` and `prop_core` to the survival head,
+    `logit = 40 m - 2`: an object survives while its glimpse shows ink;
+    `z_where` stays where it was;
+  * discovery (AIR): the LSTM's first unit is `tanh(tanh(S - 2))`, `S` the
+    summed intensity of what discovery looks at, and is pushed far negative
+    once the previous step found an object; presence `logit = 20 h_0 - 5`,
+    `z_where` at the prior mean (the centre);
+  * the decoder draws an all-ones glimpse, so a propagated object hides the
+    ink in its window from a residual.
+  """
+  a = config.air
+  g2, latent_dim = a.glimpse_size ** 2, 3 + a.z_what_dim + 1
+  p = jax.tree.map(np.zeros_like, jax.device_get(apdr.init_params(
+      config, jax.random.key(0))))
+  p["prop_glimpse"]["Dense_0"]["kernel"][:, 0] = 1.0 / g2
+  p["prop_glimpse"]["Dense_1"]["kernel"][0, 0] = 1.0
+  p["prop_core"]["Dense_0"]["kernel"][0, 0] = 1.0  # features come first
+  p["prop_core"]["Dense_1"]["kernel"][0, 0] = 1.0
+  p["prop_presence"]["kernel"][0, 0] = 40.0
+  p["prop_presence"]["bias"][0] = -2.0
+  rnn, units = p["air"]["rnn"], a.lstm_size  # gates i, f, g, o
+  rnn["image"]["kernel"][:, 2 * units] = 1.0  # g_0 = S - 2
+  rnn["image"]["bias"][2 * units] = -2.0
+  rnn["image"]["bias"][0] = 10.0  # i_0: write
+  rnn["image"]["bias"][units] = -10.0  # f_0: forget
+  rnn["image"]["bias"][3 * units] = 10.0  # o_0: read
+  rnn["latent"]["kernel"][latent_dim - 1, 2 * units] = -100.0  # one found
+  p["air"]["presence_head"]["kernel"][0, 0] = 20.0
+  p["air"]["presence_head"]["bias"][0] = -5.0
+  p["air"]["decoder"]["Dense_1"]["bias"][:] = 10.0
+  return jax.tree.map(jnp.asarray, p)
+
+
+def _centre_square(frames_with_ink, num_frames, size=16):
+  """`[1, T, size, size]`: a 4x4 square at the centre in the listed frames."""
+  x = np.zeros((1, num_frames, size, size), np.float32)
+  for t in frames_with_ink:
+    x[0, t, 6:10, 6:10] = 1.0
+  return jnp.asarray(x)
+
+
+def _decompose(config, params, sequences):
+  out = apdr.log_weight_terms(config, params, sequences, jax.random.key(0),
+                              0.3, deterministic=True)
+  f = out.frames
+  return (np.asarray(f.presence.sum(-1))[0], np.asarray(f.ids)[0],
+          np.asarray(f.num_discovered)[0], np.asarray(f.num_propagated)[0])
+
+
+def test_a_digit_that_leaves_is_forgotten_and_one_that_enters_is_found():
+  """Hand-made sequences through networks wired by hand (no forced decisions):
+  the decisions come from the glimpse at the previous location (survival) and
+  from the residual (discovery)."""
+  params = _hand_wired_params(TINY)
+  # Present, then gone: discovered in frame 0, forgotten in frame 1.
+  counts, ids, found, kept = _decompose(TINY, params, _centre_square([0], 3))
+  np.testing.assert_array_equal(counts, [1, 0, 0])
+  np.testing.assert_array_equal(found, [1, 0, 0])
+  np.testing.assert_array_equal(kept, [0, 0, 0])
+  np.testing.assert_array_equal(ids[:, 0], [0, -1, -1])
+  # Absent, then enters and stays: discovered once, then propagated with the
+  # same id (the residual hides it from discovery).
+  counts, ids, found, kept = _decompose(TINY, params,
+                                        _centre_square([1, 2, 3], 4))
+  np.testing.assert_array_equal(counts, [0, 1, 1, 1])
+  np.testing.assert_array_equal(found, [0, 1, 0, 0])
+  np.testing.assert_array_equal(kept, [0, 0, 1, 1])
+  np.testing.assert_array_equal(ids[:, 0], [-1, 0, 0, 0])
+  # Leaves and comes back: a new object with a new id.
+  counts, ids, found, _ = _decompose(TINY, params, _centre_square([0, 2], 3))
+  np.testing.assert_array_equal(counts, [1, 0, 1])
+  np.testing.assert_array_equal(ids[:, 0], [0, -1, 1])
+
+
+def test_without_the_residual_a_propagated_digit_is_found_again():
+  """The control for the test above: discovery on the raw frame sees the
+  propagated digit too, so the same wiring counts it twice."""
+  on_image = apdr.APDRConfig(air=TINY_AIR, hidden_size=10, relation_size=8,
+                             discovery_input="image")
+  params = _hand_wired_params(on_image)
+  counts, ids, found, kept = _decompose(on_image, params,
+                                        _centre_square([0, 1], 2))
+  np.testing.assert_array_equal(counts, [1, 2])
+  np.testing.assert_array_equal(found, [1, 1])
+  np.testing.assert_array_equal(kept, [0, 1])
+  np.testing.assert_array_equal(ids[1], [0, 1])
+
+
 def test_compaction_is_stable_and_keeps_ids_and_prior_states():
   """Slot 0 forgotten, slot 1 propagated, one object discovered."""
   n, d, h = 2, TINY_AIR.z_what_dim, TINY.hidden_size
