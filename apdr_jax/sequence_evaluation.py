@@ -15,7 +15,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from apdr_jax import air
 from apdr_jax import apdr
 from apdr_jax import evaluation
 from apdr_jax import glimpse

@@ -49,18 +49,20 @@ def _device_peak_mb(jax):
 def benchmark_training(config, steps, repeats):
   import jax
   import numpy as np
+  from apdr_jax import input_pipeline
   from apdr_jax import parallel
+  from apdr_jax import run_config
   from apdr_jax import train
 
-  train.validate_config(config)
+  run_config.validate_config(config)
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_divides(config.batch_size, mesh)
   size = config.data.canvas_size
-  sequential = train.is_sequential(config)
+  sequential = run_config.is_sequential(config)
   shape = ((512, config.data.num_frames) if sequential else (4096,))
   images = np.random.default_rng(0).integers(
       0, 256, shape + (size, size), dtype=np.uint8)
-  images = train.place_train_streams(images, config.batch_size, mesh)
+  images = input_pipeline.place_train_streams(images, config.batch_size, mesh)
   state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                          parallel.replicated(mesh))
   update = train.make_update_step(config, mesh)
@@ -102,11 +104,11 @@ def compile_share(config, compile_s, full_step_s) -> dict:
   does not grow with T), and a step of a `T`-frame stage costing
   `T / num_frames` of the full-length step.
   """
-  from apdr_jax import train
+  from apdr_jax import run_config
   total = config.data.num_frames
   stages = {}
   for step in range(config.num_steps):
-    frames = train.num_frames_at(config, step)
+    frames = run_config.num_frames_at(config, step)
     stages[frames] = stages.get(frames, 0) + 1
   train_s = sum(n * full_step_s * t / total for t, n in stages.items())
   compile_total = compile_s * len(stages)

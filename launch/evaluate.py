@@ -46,7 +46,8 @@ def main(argv):
 
 def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
   import jax
-  from apdr_jax import checkpoints, data, evaluation, plotting, train
+  from apdr_jax import (checkpoints, data, evaluation, input_pipeline,
+                        plotting, run_config, train)
   from apdr_jax.errors import CheckpointError, ConfigError
 
   if iwae_samples < 1 or num_scenes < 1:
@@ -56,7 +57,7 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
   step, state = checkpoints.restore_latest(checkpoints.manager(workdir), target)
   if state is None:
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints")
-  mc = train.model_config(config)
+  mc = run_config.model_config(config)
   out_path = out_path or os.path.join(workdir, "evaluation.json")
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
@@ -74,7 +75,7 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
                    if present > 0.5]}
         for i in range(len(images))]
   else:
-    _, test = train.load_data(config)
+    _, test = input_pipeline.load_data(config)
     num = min(num_scenes, len(test["images"]))
     images = data.to_float(test["images"][:num])
     decomposed = evaluation.decompose(mc, state.params, images)
@@ -82,7 +83,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
                                             test["counts"][:num]))
     result.update(evaluation.bounds(
         mc, state.params, images, jax.random.key(0),
-        rho=float(train.rho_at(config, int(step))), num_samples=iwae_samples))
+        rho=float(run_config.rho_at(config, int(step))),
+        num_samples=iwae_samples))
     result.update(num_scenes=num, iwae_samples=iwae_samples)
   plotting.save_reconstructions(
       picture, images[:16], decomposed["reconstructions"][:16],
@@ -97,9 +99,10 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
 def _run_sequences(config, state, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes) -> dict:
   import jax
-  from apdr_jax import data, sequence_evaluation, train
+  from apdr_jax import (data, input_pipeline, run_config, run_evaluation,
+                        sequence_evaluation)
 
-  mc = train.model_config(config)
+  mc = run_config.model_config(config)
   canvas = config.data.canvas_size
   prefix = os.path.splitext(out_path)[0] + "_"
   result = {"workdir": workdir, "step": step}
@@ -118,15 +121,15 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
             for t in range(sequences.shape[1])]}
         for i in range(len(sequences))]
   else:
-    _, test = train.load_data(config)
+    _, test = input_pipeline.load_data(config)
     num = min(num_scenes, len(test["images"]))
-    metrics, decomposed = train.evaluate_sequences(
+    metrics, decomposed = run_evaluation.evaluate_sequences(
         config, state.params, test, num, iwae_samples, jax.random.key(0),
-        float(train.rho_at(config, step)))
+        float(run_config.rho_at(config, step)))
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
-  result["pictures"] = train.save_sequence_pictures(prefix, sequences,
-                                                    decomposed)
+  result["pictures"] = run_evaluation.save_sequence_pictures(
+      prefix, sequences, decomposed)
   with open(out_path, "w") as f:
     json.dump(result, f, indent=2)
   print(f"wrote {out_path} and {', '.join(result['pictures'])}")

@@ -8,9 +8,6 @@ Multi-host: add --coordinator_address=HOST:PORT --num_processes=P --process_id=I
 (or set JAX_COORDINATOR_ADDRESS / JAX_NUM_PROCESSES / JAX_PROCESS_ID).
 """
 
-import os
-import sys
-
 from absl import app
 from absl import flags
 from absl import logging

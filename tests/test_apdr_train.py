@@ -10,7 +10,9 @@ import jax
 import numpy as np
 import pytest
 
+from apdr_jax import input_pipeline
 from apdr_jax import parallel
+from apdr_jax import run_config
 from apdr_jax import train
 from apdr_jax.errors import ConfigError, DataError
 from configs import apdr_moving_mnist
@@ -26,22 +28,22 @@ def _config(**overrides):
 
 def test_curriculum_adds_one_frame_per_stage():
   config = apdr_moving_mnist.get_config()
-  frames = [train.num_frames_at(config, s) for s in (0, 999, 1000, 6999, 7000,
+  frames = [run_config.num_frames_at(config, s) for s in (0, 999, 1000, 6999, 7000,
                                                      50_000)]
   assert frames == [3, 3, 4, 9, 10, 10]
   config.curriculum_start_frames = 0
-  assert train.num_frames_at(config, 0) == 10
+  assert run_config.num_frames_at(config, 0) == 10
 
 
 def test_bad_apdr_config_values_raise_clear_errors():
   with pytest.raises(ConfigError, match="data.kind"):
-    train.validate_config(_bad_kind())
+    run_config.validate_config(_bad_kind())
   with pytest.raises(ConfigError, match="config.apdr"):
     config = _config()
     config.apdr.unknown_width = 3
-    train.validate_config(config)
+    run_config.validate_config(config)
   with pytest.raises(ConfigError, match="model_name"):
-    train.validate_config(_config(model_name="sqair2"))
+    run_config.validate_config(_config(model_name="sqair2"))
 
 
 def _bad_kind():
@@ -62,7 +64,7 @@ def test_steps_change_params_and_compile_once_per_stage():
   size, frames = config.data.canvas_size, config.data.num_frames
   sequences = np.random.default_rng(0).integers(
       0, 256, (16, frames, size, size), dtype=np.uint8)
-  streams = train.place_train_streams(sequences, config.batch_size, mesh)
+  streams = input_pipeline.place_train_streams(sequences, config.batch_size, mesh)
   update = train.make_update_step(config, mesh, max_traces=1, num_frames=2)
   for _ in range(3):
     state, metrics = update(state, streams, jax.random.key(1))

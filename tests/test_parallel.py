@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from apdr_jax import checkpoints
+from apdr_jax import input_pipeline
 from apdr_jax import parallel
+from apdr_jax import run_config
 from apdr_jax import train
 from configs import tiny
 from configs import tiny_apdr
@@ -24,10 +26,10 @@ def _train_steps(config, num_devices, steps=3):
   state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                          parallel.replicated(mesh))
   size = config.data.canvas_size
-  frames = (config.data.num_frames,) if train.is_sequential(config) else ()
+  frames = (config.data.num_frames,) if run_config.is_sequential(config) else ()
   scenes = np.random.default_rng(0).integers(0, 256, (64,) + frames +
                                              (size, size), dtype=np.uint8)
-  streams = train.place_train_streams(scenes, config.batch_size, mesh)
+  streams = input_pipeline.place_train_streams(scenes, config.batch_size, mesh)
   update = train.make_update_step(config, mesh)
   for _ in range(steps):
     state, _ = update(state, streams, jax.random.key(1))

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 
 from apdr_jax import checkpoints
+from apdr_jax import input_pipeline
 from apdr_jax import parallel
+from apdr_jax import run_config
 from apdr_jax import train
 from apdr_jax.errors import ConfigError
 from configs import tiny
@@ -38,7 +40,7 @@ def test_steps_change_params_and_never_retrace(estimator, num_samples):
                          parallel.replicated(mesh))
   before = jax.tree.map(np.asarray, state.params)
   update = train.make_update_step(config, mesh, max_traces=1)
-  images = train.place_train_streams(np.asarray(_train_images(config)),
+  images = input_pipeline.place_train_streams(np.asarray(_train_images(config)),
                                      config.batch_size, mesh)
   for _ in range(3):
     state, metrics = update(state, images, jax.random.key(1))
@@ -53,15 +55,15 @@ def test_steps_change_params_and_never_retrace(estimator, num_samples):
 
 def test_bad_config_values_raise_clear_errors():
   with pytest.raises(ConfigError, match="estimator"):
-    train.validate_config(_config(estimator="reinforce"))
+    run_config.validate_config(_config(estimator="reinforce"))
   with pytest.raises(ConfigError, match="num_samples"):
-    train.validate_config(_config(estimator="vimco", num_samples=1))
+    run_config.validate_config(_config(estimator="vimco", num_samples=1))
   with pytest.raises(ConfigError, match="learning_rate"):
-    train.validate_config(_config(learning_rate=-1.0))
+    run_config.validate_config(_config(learning_rate=-1.0))
   config = _config()
   config.model.render_method = "fft"
   with pytest.raises(ConfigError, match="render_method"):
-    train.validate_config(config)
+    run_config.validate_config(config)
   with pytest.raises(ConfigError, match="divide"):
     parallel.check_batch_divides(6, parallel.make_mesh(4))
   with pytest.raises(ConfigError, match="num_devices"):
@@ -100,8 +102,8 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path,
                                                               monkeypatch):
   """A NaN from step 2 on stops the run; the step-2 checkpoint stays good."""
-  real_rho = train.rho_at
-  monkeypatch.setattr(train, "rho_at", lambda config, step: jnp.where(
+  real_rho = run_config.rho_at
+  monkeypatch.setattr(run_config, "rho_at", lambda config, step: jnp.where(
       step >= 2, jnp.nan, real_rho(config, step)))
   config = _config(num_steps=6, checkpoint_every=2, log_every=2)
   workdir = str(tmp_path / "nan")

@@ -1,0 +1,118 @@
+"""What a run config (`configs/*.py`) means: its checks and derived values.
+
+`validate_config` names the first bad value before anything is built;
+`model_config` turns the `model`/`apdr` fields into the frozen architecture
+dataclasses; the rest are schedules (presence prior, curriculum) and sizes.
+"""
+
+import dataclasses
+
+import ml_collections
+
+from apdr_jax import air
+from apdr_jax import apdr
+from apdr_jax.errors import ConfigError
+
+ESTIMATORS = ("nvil", "vimco")
+MODELS = ("air", "apdr")
+DATA_KINDS = ("scenes", "sequences")
+
+
+def model_config(config: ml_collections.ConfigDict):
+  """The model's config: `AIRConfig`, or `APDRConfig` when model_name='apdr'.
+
+  The canvas size comes from the data; APDR's discovery is AIR with the
+  relation state as its context.
+  """
+  fields = {f.name for f in dataclasses.fields(air.AIRConfig)}
+  unknown = set(config.model.keys()) - fields
+  if unknown:
+    raise ConfigError(f"unknown config.model fields: {sorted(unknown)}; "
+                      f"known: {sorted(fields)}")
+  model = config.model.to_dict()
+  if config.model_name != "apdr":
+    return air.AIRConfig(canvas_size=config.data.canvas_size, **model)
+  extra = config.get("apdr", ml_collections.ConfigDict()).to_dict()
+  known = {f.name for f in dataclasses.fields(apdr.APDRConfig)} - {"air"}
+  if set(extra) - known:
+    raise ConfigError(f"unknown config.apdr fields: {sorted(set(extra) - known)}"
+                      f"; known: {sorted(known)}")
+  relation = extra.get("relation_size", apdr.APDRConfig.relation_size)
+  model["context_dim"] = relation
+  return apdr.APDRConfig(
+      air=air.AIRConfig(canvas_size=config.data.canvas_size, **model), **extra)
+
+
+def is_sequential(config) -> bool:
+  return config.model_name == "apdr"
+
+
+def num_frames_at(config, step: int) -> int:
+  """Frames per training sequence at `step` (the curriculum on length).
+
+  Starts at `curriculum_start_frames` and adds one frame every
+  `curriculum_steps_per_frame` steps, up to the data's `num_frames`; 0 for
+  static scenes.
+  """
+  if config.data.kind != "sequences":
+    return 0
+  total = config.data.num_frames
+  start = config.get("curriculum_start_frames", 0)
+  every = config.get("curriculum_steps_per_frame", 0)
+  if start <= 0 or every <= 0:
+    return total
+  return int(min(total, start + step // every))
+
+
+def num_terms(config) -> int:
+  """Columns of the log-weight terms (the NVIL statistics' length)."""
+  if is_sequential(config):
+    return config.data.num_frames * (2 * config.model.num_slots + 1)
+  return config.model.num_slots + 1
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises `ConfigError` naming the first bad value."""
+  def need(ok, message):
+    if not ok:
+      raise ConfigError(message)
+  need(config.model_name in MODELS,
+       f"model_name={config.model_name!r}; use one of {MODELS}")
+  need(config.data.get("kind", "scenes") in DATA_KINDS,
+       f"data.kind={config.data.get('kind')!r}; use one of {DATA_KINDS}")
+  need(not is_sequential(config) or config.data.kind == "sequences",
+       "model_name='apdr' needs data.kind='sequences'")
+  if config.data.get("kind") == "sequences":
+    need(config.data.num_frames >= 1,
+         f"data.num_frames={config.data.num_frames} must be >= 1")
+    need(config.get("curriculum_start_frames", 0) >= 0 and
+         config.get("curriculum_steps_per_frame", 0) >= 0,
+         "curriculum_start_frames and curriculum_steps_per_frame must be >= 0")
+  need(not config.get("init_air_from") or is_sequential(config),
+       "init_air_from (an AIR workdir) only applies to model_name='apdr'")
+  need(config.estimator in ESTIMATORS,
+       f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
+  need(config.num_samples >= 1, f"num_samples={config.num_samples} must be >= 1")
+  need(config.estimator != "vimco" or config.num_samples >= 2,
+       f"estimator='vimco' needs num_samples >= 2, got {config.num_samples}")
+  for key in ("batch_size", "num_steps", "log_every", "eval_every",
+              "checkpoint_every", "eval_batch_size"):
+    need(config[key] >= 1, f"{key}={config[key]} must be >= 1")
+  for key in ("learning_rate", "baseline_learning_rate", "grad_clip_norm"):
+    need(config[key] > 0, f"{key}={config[key]} must be > 0")
+  need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
+       f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
+  m = config.model
+  need(m.num_slots >= 1, f"model.num_slots={m.num_slots} must be >= 1")
+  need(m.likelihood_std > 0, f"model.likelihood_std={m.likelihood_std} must be > 0")
+  need(0 < m.presence_init < 1,
+       f"model.presence_init={m.presence_init} must be in (0, 1)")
+  for key in ("extract_method", "render_method"):
+    need(m[key] in ("gather", "separable"),
+         f"model.{key}={m[key]!r}; use 'gather' or 'separable'")
+  model_config(config)
+
+
+def rho_at(config, step):
+  return air.presence_rho(step, config.rho_start, config.rho_end,
+                          config.rho_anneal_steps)

@@ -1,0 +1,154 @@
+"""Evaluation of a run's parameters on its held-out data, and what it writes.
+
+Glue between a run config and `evaluation` (scenes) / `sequence_evaluation`
+(sequences): the periodic held-out counts of the training loop, the final
+metrics with `final_metrics.json` and pictures, and the sequence metrics that
+`launch.evaluate` reuses.
+"""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from apdr_jax import data
+from apdr_jax import evaluation
+from apdr_jax import glimpse
+from apdr_jax import plotting
+from apdr_jax import run_config
+from apdr_jax import sequence_evaluation
+
+
+def host_params(params):
+  """Parameters as host arrays, so that evaluation runs on this process's
+  default device whatever mesh (or hosts) the training state spans."""
+  return jax.device_get(params)
+
+
+def evaluate_counts(config, params, test) -> dict:
+  """Held-out count accuracy (and, for sequences, tracking without
+  py-motmetrics): what the training loop logs every `eval_every` steps."""
+  images = data.to_float(test["images"])
+  if config.data.get("kind", "scenes") == "sequences":
+    decomposed = sequence_evaluation.decompose(
+        run_config.model_config(config), host_params(params), images)
+    result = sequence_evaluation.count_accuracy(decomposed["counts"],
+                                                test["counts"])
+    result.update(sequence_evaluation.tracking_scores(
+        decomposed, test, len(images), with_motmetrics=False))
+    result.pop("max_centre_distance")
+    # The held-out figure the progress bar shows is the per-frame accuracy.
+    result["count_accuracy"] = result["frame_count_accuracy"]
+    return result
+  result = evaluation.decompose(run_config.model_config(config), host_params(params), images,
+                                config.eval_batch_size)
+  return evaluation.count_accuracy(result["counts"], test["counts"])
+
+
+def final_evaluation(config, params, test, workdir, is_writer=True,
+                     extra=None) -> dict:
+  """Counts, ELBO and IWAE on held-out scenes, a picture, `final_metrics.json`.
+
+  `extra` (e.g. steps and wall time of this invocation) is added to the file.
+  """
+  if config.data.get("kind", "scenes") == "sequences":
+    return final_sequence_evaluation(config, params, test, workdir, is_writer,
+                                     extra)
+  mc = run_config.model_config(config)
+  params = host_params(params)
+  num = min(config.final_eval_scenes, len(test["images"]))
+  images = data.to_float(test["images"][:num])
+  decomposed = evaluation.decompose(mc, params, images, config.eval_batch_size)
+  result = evaluation.count_accuracy(decomposed["counts"], test["counts"][:num])
+  result.update(evaluation.bounds(
+      mc, params, images, jax.random.key(config.seed + 1),
+      rho=float(run_config.rho_at(config, config.num_steps)),
+      num_samples=config.final_iwae_samples))
+  result["num_scenes"] = num
+  result.update(extra or {})
+  if is_writer:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    plotting.save_reconstructions(
+        os.path.join(workdir, "reconstructions.png"), images[:16],
+        decomposed["reconstructions"][:16], decomposed["boxes"][:16],
+        decomposed["presence"][:16])
+  return result
+
+
+def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
+                       rng: jax.Array, rho: float) -> tuple[dict, dict]:
+  """Every held-out sequence metric of DESIGN §6 on the first `num`.
+
+  Returns:
+    (metrics dict of plain numbers, the decomposition for pictures).
+  """
+  mc = run_config.model_config(config)
+  params = host_params(params)
+  sequences = data.to_float(test["images"][:num])
+  decomposed = sequence_evaluation.decompose(mc, params, sequences)
+  result = sequence_evaluation.count_accuracy(decomposed["counts"],
+                                              test["counts"][:num])
+  result.update(sequence_evaluation.tracking_scores(decomposed, test, num))
+  result.update(sequence_evaluation.bounds(mc, params, sequences, rng, rho,
+                                           num_samples=iwae_samples))
+  if sequence_evaluation.is_apdr(mc) and sequences.shape[1] >= 2:
+    observed = max(1, sequences.shape[1] // 2)
+    error, predicted = sequence_evaluation.prediction_error(
+        mc, params, sequences[:8], observed, jax.random.fold_in(rng, 1), rho)
+    result["prediction_mse"] = error
+    result["prediction_observed_frames"] = observed
+    decomposed["prediction"] = predicted
+  result.update(num_sequences=num, iwae_samples=iwae_samples)
+  return result, decomposed
+
+
+def save_sequence_pictures(workdir_or_prefix: str, sequences, decomposed,
+                           num: int = 4) -> list[str]:
+  """`<prefix>reconstructions.gif` (boxes coloured by id) and, for APDR,
+  `<prefix>prediction.gif` (observed frames, then the prior's prediction)."""
+  prefix = (os.path.join(workdir_or_prefix, "") if
+            os.path.isdir(workdir_or_prefix) else workdir_or_prefix)
+  paths = [prefix + "reconstructions.gif"]
+  plotting.save_sequence_gif(
+      paths[0], sequences[:num], decomposed["reconstructions"][:num],
+      decomposed["boxes"][:num], decomposed["presence"][:num],
+      decomposed["ids"][:num])
+  predicted = decomposed.get("prediction")
+  if predicted is not None:
+    num = min(num, len(predicted["canvas"]))
+    future = predicted["canvas"].shape[1]
+    observed = sequences.shape[1] - future
+    size = sequences.shape[-1]
+    boxes = np.asarray(glimpse.box_corners(jnp.asarray(predicted["z_where"]),
+                                           size, size))
+    paths.append(prefix + "prediction.gif")
+    plotting.save_sequence_gif(
+        paths[1], sequences[:num],
+        np.concatenate([decomposed["reconstructions"][:num, :observed],
+                        predicted["canvas"][:num]], 1),
+        np.concatenate([decomposed["boxes"][:num, :observed], boxes[:num]], 1),
+        np.concatenate([decomposed["presence"][:num, :observed],
+                        predicted["presence"][:num]], 1),
+        np.concatenate([decomposed["ids"][:num, :observed],
+                        predicted["ids"][:num]], 1))
+  return paths
+
+
+def final_sequence_evaluation(config, params, test, workdir, is_writer=True,
+                              extra=None) -> dict:
+  """`final_evaluation` for sequences: metrics, GIFs, `final_metrics.json`."""
+  num = min(config.final_eval_scenes, len(test["images"]))
+  result, decomposed = evaluate_sequences(
+      config, params, test, num, config.final_iwae_samples,
+      jax.random.key(config.seed + 1),
+      float(run_config.rho_at(config, config.num_steps)))
+  result.update(extra or {})
+  if is_writer:
+    with open(os.path.join(workdir, "final_metrics.json"), "w") as f:
+      json.dump(result, f, indent=2)
+    save_sequence_pictures(workdir, data.to_float(test["images"][:num]),
+                           decomposed)
+  return result
