@@ -45,6 +45,11 @@ class AIRConfig:
   context_dim: int = 0
   extract_method: str = "gather"
   render_method: str = "separable"
+  # 0: the image feeds the LSTM gates through one `[H*W, 4*lstm]` matrix (the
+  # model as specified). r > 0: through a rank-r factorisation, `[H*W, r]`
+  # then `[r, 4*lstm]`, for speed (README: half of a step's FLOPs are that
+  # matrix on 50x50 images).
+  image_rank: int = 0
 
   @property
   def latent_dim(self) -> int:
@@ -62,7 +67,7 @@ class AIRNetworks(nn.Module):
 
   def setup(self):
     c = self.config
-    self.rnn = networks.InferenceLSTM(c.lstm_size)
+    self.rnn = networks.InferenceLSTM(c.lstm_size, image_rank=c.image_rank)
     p = c.presence_init
     self.presence_head = nn.Dense(
         1, kernel_init=nn.initializers.variance_scaling(

@@ -20,10 +20,18 @@ class LSTMState(NamedTuple):
 
 
 class InferenceLSTM(nn.Module):
-  """An LSTM whose input is split into a fixed image part and a latent part."""
+  """An LSTM whose input is split into a fixed image part and a latent part.
+
+  With `image_rank > 0` the image reaches the gates through a linear
+  bottleneck of that width (a low-rank image-to-gates matrix).
+  """
   hidden_size: int
+  image_rank: int = 0
 
   def setup(self):
+    if self.image_rank:
+      self.image_projection = nn.Dense(self.image_rank, use_bias=False,
+                                       name="image_projection")
     self.image_dense = nn.Dense(4 * self.hidden_size, name="image")
     self.latent_dense = nn.Dense(4 * self.hidden_size, use_bias=False,
                                  name="latent")
@@ -36,6 +44,8 @@ class InferenceLSTM(nn.Module):
 
   def image_gates(self, images_flat: jax.Array) -> jax.Array:
     """`[batch, H*W] -> [batch, 4*hidden]`: the image's share of the gates."""
+    if self.image_rank:
+      images_flat = self.image_projection(images_flat)
     return self.image_dense(images_flat)
 
   def initial_state(self, batch_size: int) -> LSTMState:

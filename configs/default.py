@@ -47,6 +47,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.decoder_bias = -2.0
   config.model.extract_method = "gather"
   config.model.render_method = "separable"
+  # > 0: a rank-r image-to-gates matrix (faster; see README). 0 = as specified.
+  config.model.image_rank = 0
 
   # APDR only (model_name='apdr'); `model` above configures its discovery
   # (AIR) and the shared decoder.

@@ -1,5 +1,6 @@
 """AIR's shapes, masking and log-weights, the latter against exact enumeration."""
 
+import dataclasses
 import math
 
 import chex
@@ -53,6 +54,27 @@ def test_default_parameter_count():
   baseline = (h * m + m) + (m + 1)
   count = sum(x.size for x in jax.tree.leaves(params))
   assert count == lstm + presence + where + encoder + decoder + baseline
+  # A rank-r image-to-gates matrix replaces `[H*W, 4h]` by `[H*W, r] [r, 4h]`.
+  r = 128
+  low = jax.eval_shape(lambda: init_params(
+      dataclasses.replace(c, image_rank=r), jax.random.key(0)))
+  assert (sum(x.size for x in jax.tree.leaves(low)) ==
+          count - c.canvas_size ** 2 * 4 * h + c.canvas_size ** 2 * r + r * 4 * h)
+  chex.assert_shape(low["rnn"]["image_projection"]["kernel"],
+                    (c.canvas_size ** 2, r))
+
+
+def test_low_rank_image_gates_are_the_product_of_the_two_matrices():
+  config = dataclasses.replace(TINY, image_rank=3)
+  params = init_params(config, jax.random.key(0))
+  images = _images(4)
+  gates = air.image_gates(config, params, images)
+  rnn = params["rnn"]
+  expected = (images.reshape(4, -1) @ rnn["image_projection"]["kernel"] @
+              rnn["image"]["kernel"] + rnn["image"]["bias"])
+  chex.assert_trees_all_close(gates, expected, rtol=1e-5, atol=1e-5)
+  slots = infer(config, params, images, jax.random.key(1))  # runs end to end
+  chex.assert_shape(slots.z_where, (4, TINY.num_slots, 3))
 
 
 def test_presence_is_a_prefix_and_respects_max_steps():
