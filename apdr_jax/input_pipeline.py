@@ -94,7 +94,8 @@ def training_images(config, train) -> np.ndarray:
   """What the update step draws from: scenes, sequences for APDR, or every
   frame of every sequence for the frame-by-frame AIR baseline."""
   images = train["images"]
-  if config.data.get("kind", "scenes") == "sequences" and not run_config.is_sequential(
-      config):
+  frames_of_sequences = (config.data.get("kind", "scenes") == "sequences" and
+                         not run_config.is_sequential(config))
+  if frames_of_sequences:
     images = images.reshape((-1,) + images.shape[2:])
   return images
