@@ -220,8 +220,9 @@ def load_or_generate(
       returns at least the arrays named in ``expected``.
     what: singular noun for the warnings, e.g. ``'scene'`` gives "Scene cache
       ... is unreadable or stale" and "Could not write the scene cache ...".
-    mmap: memory-map the arrays of an existing file (see :func:`read_arrays`);
-      freshly generated arrays are returned in memory.
+    mmap: return memory maps of the file's arrays (see :func:`read_arrays`),
+      also right after generating and writing it; in memory only when the
+      file could not be written.
 
   Returns:
     The cached arrays, or those of ``generate_fn``.
