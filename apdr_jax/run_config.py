@@ -16,6 +16,7 @@ from apdr_jax.errors import ConfigError
 ESTIMATORS = ("nvil", "vimco")
 MODELS = ("air", "apdr")
 DATA_KINDS = ("scenes", "sequences")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 def model_config(config: ml_collections.ConfigDict):
@@ -100,6 +101,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config[key] >= 1, f"{key}={config[key]} must be >= 1")
   for key in ("learning_rate", "baseline_learning_rate", "grad_clip_norm"):
     need(config[key] > 0, f"{key}={config[key]} must be > 0")
+  need(config.get("lr_schedule", "constant") in LR_SCHEDULES,
+       f"lr_schedule={config.get('lr_schedule')!r}; use one of {LR_SCHEDULES}")
+  need(config.get("lr_decay_steps", 0) >= 0,
+       f"lr_decay_steps={config.get('lr_decay_steps')} must be >= 0 "
+       "(0 = num_steps)")
+  need(0 <= config.get("lr_final_fraction", 0.0) <= 1,
+       f"lr_final_fraction={config.get('lr_final_fraction')} must be in [0, 1]")
   need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
        f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
   m = config.model

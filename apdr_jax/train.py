@@ -95,10 +95,21 @@ def clip_by_group_norm(grads, max_norm: float):
 
 def make_optimizer(config) -> optax.GradientTransformation:
   """Adam, with the NVIL baseline at its own learning rate (clipping is in
-  `clip_by_group_norm`, applied by the update step)."""
-  return optax.chain(optax.scale_by_adam(),
-                     scale_by_group_rate(config.learning_rate,
-                                         config.baseline_learning_rate))
+  `clip_by_group_norm`, applied by the update step).
+
+  With `lr_schedule='cosine'` both rates follow a cosine from their value at
+  step 0 to `lr_final_fraction` of it at `lr_decay_steps` (0: `num_steps`),
+  and stay there. With 'constant' the optimiser state has no step count, as
+  in runs from before the schedule.
+  """
+  transforms = [optax.scale_by_adam()]
+  if config.get("lr_schedule", "constant") == "cosine":
+    decay_steps = config.get("lr_decay_steps", 0) or config.num_steps
+    transforms.append(optax.scale_by_schedule(optax.cosine_decay_schedule(
+        1.0, decay_steps, alpha=config.lr_final_fraction)))
+  transforms.append(scale_by_group_rate(config.learning_rate,
+                                        config.baseline_learning_rate))
+  return optax.chain(*transforms)
 
 
 def create_train_state(config, rng: jax.Array) -> TrainState:

@@ -83,6 +83,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_steps = 20_000
   config.learning_rate = 1e-4
   config.baseline_learning_rate = 1e-3
+  # 'constant', or 'cosine': both rates decay to lr_final_fraction of their
+  # value by lr_decay_steps (0 = num_steps; set it to extend a run's steps
+  # on resume without changing the schedule it started with).
+  config.lr_schedule = "constant"
+  config.lr_decay_steps = 0
+  config.lr_final_fraction = 0.0
   config.grad_clip_norm = 10.0
 
   config.num_devices = 0  # 0 = every device JAX sees

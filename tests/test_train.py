@@ -77,10 +77,50 @@ def _final_params(workdir, config):
   return step, state
 
 
+def _adam_steps(config, num_updates):
+  """Updates of `make_optimizer` under a constant gradient, whose Adam
+  direction is 1 per coordinate (to float32 bias correction): what is left is the learning rate."""
+  params = {"rnn": jnp.zeros(2), "baseline": jnp.zeros(2)}
+  grads = jax.tree.map(jnp.ones_like, params)
+  optimizer = train.make_optimizer(config)
+  opt_state = optimizer.init(params)
+  rates = []
+  for _ in range(num_updates):
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    rates.append({k: -float(v[0]) for k, v in updates.items()})
+  return rates
+
+
+def test_learning_rates_per_group_and_cosine_schedule():
+  constant = _adam_steps(_config(learning_rate=1e-3,
+                                 baseline_learning_rate=1e-2), 3)
+  for rate in constant:
+    np.testing.assert_allclose(rate["rnn"], 1e-3, rtol=1e-4)
+    np.testing.assert_allclose(rate["baseline"], 1e-2, rtol=1e-4)
+  config = _config(learning_rate=1e-3, baseline_learning_rate=1e-2,
+                   num_steps=10, lr_schedule="cosine", lr_final_fraction=0.1)
+  rates = _adam_steps(config, 11)
+  for step in (0, 5, 10):
+    factor = 0.1 + 0.9 * 0.5 * (1 + np.cos(np.pi * step / 10))
+    np.testing.assert_allclose(rates[step]["rnn"], 1e-3 * factor, rtol=1e-4)
+    np.testing.assert_allclose(rates[step]["baseline"], 1e-2 * factor,
+                               rtol=1e-4)
+  with pytest.raises(ConfigError, match="lr_schedule"):
+    run_config.validate_config(_config(lr_schedule="linear"))
+  with pytest.raises(ConfigError, match="lr_decay_steps"):
+    run_config.validate_config(_config(lr_decay_steps=-1))
+  with pytest.raises(ConfigError, match="lr_final_fraction"):
+    run_config.validate_config(_config(lr_final_fraction=2.0))
+
+
 def test_resume_equals_uninterrupted(tmp_path):
-  config = _config(num_steps=4, checkpoint_every=2)
+  # The cosine schedule keeps a step count in the optimiser state: resuming
+  # must restore it too.
+  schedule = dict(lr_schedule="cosine", lr_decay_steps=4)
+  config = _config(num_steps=4, checkpoint_every=2, **schedule)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
-  train.train_and_evaluate(_config(num_steps=2, checkpoint_every=2),
+  train.train_and_evaluate(_config(num_steps=2, checkpoint_every=2,
+                                   **schedule),
                            str(tmp_path / "resumed"))
   train.train_and_evaluate(config, str(tmp_path / "resumed"))
   step_a, a = _final_params(str(tmp_path / "straight"), config)
