@@ -238,6 +238,49 @@ def test_max_iou_infeasible_raises(train_bank):
     data.generate_scenes(recipe, *train_bank)
 
 
+def _digit_layers(out, bank):
+  """Each present digit on its own float canvas `[n, N, C, C]`, placed from
+  the returned bank indices and ink boxes (independently of the generator's
+  renderer)."""
+  ink = scenes_lib._ink_boxes(bank)
+  n, slots = out["indices"].shape
+  size, canvas = bank.shape[-1], out["images"].shape[-1]
+  layers = np.zeros((n, slots, canvas, canvas), np.float32)
+  for i in range(n):
+    for j in range(out["counts"][i]):
+      index = out["indices"][i, j]
+      x, y = (out["boxes"][i, j, :2] - ink[index, :2]).astype(int)
+      layers[i, j, y:y + size, x:x + size] = bank[index]
+  return layers
+
+
+def test_overlap_none_means_no_crossing_strokes(train_bank):
+  recipe = dataclasses.replace(SMALL, min_digits=2)
+  crossing = lambda out: _digit_layers(out, train_bank[0]).sum(1).max((1, 2))
+  free = data.generate_scenes(recipe, *train_bank)
+  assert np.mean(crossing(free) > 1.0 + 1e-6) > 0.2  # the rule is active
+  none = data.generate_scenes(dataclasses.replace(recipe, overlap="none"),
+                              *train_bank)
+  assert np.all(none["counts"] == 2)
+  assert crossing(none).max() <= 1.0 + 1e-6
+  # Without crossings the image is the plain sum of its digits.
+  summed = np.rint(_digit_layers(none, train_bank[0]).sum(1) * 255)
+  np.testing.assert_array_equal(none["images"], summed.astype(np.uint8))
+  # Scenes that had no crossing keep their draw; the others are redrawn.
+  kept = crossing(free) <= 1.0 + 1e-6
+  np.testing.assert_array_equal(none["images"][kept], free["images"][kept])
+  assert not np.array_equal(none["images"][~kept], free["images"][~kept])
+
+
+def test_overlap_none_infeasible_or_combined_with_max_iou_raises(train_bank):
+  recipe = data.SceneRecipe(canvas_size=28, min_digits=2, num_scenes=20,
+                            overlap="none")
+  with pytest.raises(ConfigError, match="overlap='none'"):
+    data.generate_scenes(recipe, *train_bank)
+  with pytest.raises(ConfigError, match="max_iou"):
+    dataclasses.replace(SMALL, overlap="none", max_iou=0.5).validate()
+
+
 def test_pairwise_iou_values():
   boxes = np.array(
       [[0, 0, 2, 2], [1, 0, 3, 2], [5, 5, 6, 6], [0, 0, 0, 0]], float)
