@@ -444,7 +444,9 @@ def _redraw_crossing_strokes(recipe, rng, bank, indices, present, corners,
   """Redraws, in place, the positions (`corners`, `boxes`) of every scene in
   which two digits' summed intensity exceeds 1 somewhere, until none does."""
   canvas, span = recipe.canvas_size, recipe.canvas_size - bank.shape[-1] + 1
-  # Bank values are multiples of 1/255: a sum above 1 is at least 256/255.
+  # MNIST values are multiples of 1/255, so a crossing sums to at least
+  # 256/255; half a level of slack keeps float32 rounding of a sum of
+  # exactly 1 from counting as one.
   tolerance = 0.5 / 255.0
 
   def crossing(scenes):
