@@ -355,11 +355,7 @@ def generate_scenes(
 
   patch_boxes = _ink_boxes(bank)[indices]  # [n, N, 4]
 
-  boxes = np.where(
-      present[..., None],
-      patch_boxes + np.tile(corners, 2).astype(np.float32),
-      np.float32(0),
-  ).astype(np.float32)
+  boxes = _digit_boxes(patch_boxes, corners, present)
 
   if float(recipe.max_iou) < 1.0 and slots > 1:
     pair_mask = ((present[:, :, None] & present[:, None, :])
@@ -382,11 +378,7 @@ def generate_scenes(
         )
       tries += 1
       corners[bad] = rng.integers(0, span, size=(bad.size, slots, 2))
-      boxes[bad] = np.where(
-          present[bad][..., None],
-          patch_boxes[bad] + np.tile(corners[bad], 2).astype(np.float32),
-          np.float32(0),
-      )
+      boxes[bad] = _digit_boxes(patch_boxes[bad], corners[bad], present[bad])
       bad = bad[violating(boxes[bad], pair_mask[bad])]
 
   if recipe.overlap == "none" and slots > 1:
@@ -413,6 +405,14 @@ def generate_scenes(
       "labels": labels,
       "indices": np.where(present, indices, -1).astype(np.int32),
   }
+
+
+def _digit_boxes(patch_boxes, corners, present):
+  """Ink boxes `[..., N, 4]` on the canvas of patches placed at `corners`
+  (`[..., N, 2]`, top-left `(x, y)`); zero rows for absent slots."""
+  return np.where(present[..., None],
+                  patch_boxes + np.tile(corners, 2).astype(np.float32),
+                  np.float32(0)).astype(np.float32)
 
 
 def _render(bank, indices, present, corners, scenes, canvas, combine):
@@ -461,10 +461,7 @@ def _redraw_crossing_strokes(recipe, rng, bank, indices, present, corners,
     if not bad.size:
       return
     corners[bad] = rng.integers(0, span, size=(bad.size,) + corners.shape[1:])
-    boxes[bad] = np.where(
-        present[bad][..., None],
-        patch_boxes[bad] + np.tile(corners[bad], 2).astype(np.float32),
-        np.float32(0))
+    boxes[bad] = _digit_boxes(patch_boxes[bad], corners[bad], present[bad])
     bad = crossing(bad)
   if bad.size:
     raise ConfigError(
