@@ -20,6 +20,7 @@ formulation), or as a gather of four neighbours per output pixel
 direction (see WORKSPACE.md for the figures).
 """
 
+import functools
 from typing import Literal
 
 import jax
@@ -149,9 +150,16 @@ def render_sum(glimpses: jax.Array, z_where: jax.Array, weights: jax.Array,
                height: int, width: int) -> jax.Array:
   """Renders every slot's glimpse and sums them, weighted, into one canvas.
 
-  Same result as `(weights * render(...)).sum(slots)`, but the sum over slots
-  is folded into the second matmul, which halves the time of the forward and
-  backward pass on CPU (measured in WORKSPACE.md).
+  Same result as `(weights * render(...)).sum(slots)` (separable), computed as
+  two batched matmuls with the sum over slots folded into the second:
+
+      canvas[b] = A_rows[b] @ (G[b] @ A_cols[b]^T)   with A_rows `[H, N*g]`.
+
+  Its gradient is written out (`_render_sum_bwd`) so that every matmul of the
+  backward pass has its operands in row-major order: the interpolation
+  matrices are cheap to build, so the backward builds their transposes
+  directly instead of letting XLA emit transposed-operand matmuls, which its
+  CPU backend runs several times slower (measured in WORKSPACE.md).
 
   Args:
     glimpses: `[batch, N, g, g]`.
@@ -163,12 +171,82 @@ def render_sum(glimpses: jax.Array, z_where: jax.Array, weights: jax.Array,
   Returns:
     `[batch, H, W]`.
   """
-  glimpse_size = glimpses.shape[-1]
-  rows, cols = _render_matrices(z_where, glimpse_size, height, width)
-  a_rows = _interpolation_matrix(rows, glimpse_size) * weights[..., None, None]
-  a_cols = _interpolation_matrix(cols, glimpse_size)  # [b, N, W, g]
-  columns_done = jnp.einsum("bnij,bnwj->bniw", glimpses, a_cols)
-  return jnp.einsum("bnhi,bniw->bhw", a_rows, columns_done)
+  return _render_sum(glimpses, z_where, weights, height, width)
+
+
+def _tent(offsets: jax.Array) -> jax.Array:
+  """Linear-interpolation weight `max(0, 1 - |offset|)`."""
+  return jax.nn.relu(1.0 - jnp.abs(offsets))
+
+
+def _tent_grad(offsets: jax.Array) -> jax.Array:
+  """d tent / d offset, with autodiff's conventions at the kinks (0 there)."""
+  return jnp.where(jnp.abs(offsets) < 1.0, -jnp.sign(offsets), 0.0)
+
+
+def _offsets(positions: jax.Array, size: int, source_last: bool) -> jax.Array:
+  """Offsets `position - k` of each sample from every source pixel `k`.
+
+  Args:
+    positions: `[b, N, P]` fractional source indices.
+    size: the number of source pixels.
+    source_last: the layout, `[b, N, P, size]` if True else `[b, N, size, P]`;
+      built directly in the layout a matmul consumes, so no transpose.
+  """
+  source = jnp.arange(size, dtype=positions.dtype)
+  if source_last:
+    return positions[..., None] - source
+  return positions[:, :, None, :] - source[:, None]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
+def _render_sum(glimpses, z_where, weights, height, width):
+  return _render_sum_fwd(glimpses, z_where, weights, height, width)[0]
+
+
+def _render_sum_fwd(glimpses, z_where, weights, height, width):
+  batch, slots, size = glimpses.shape[:3]
+  rows, cols = _render_matrices(z_where, size, height, width)  # [b, N, H|W]
+  # Row weights as `[b, H, N, g]`, so that the slots fold into the matmul.
+  row_offsets = jnp.swapaxes(rows, 1, 2)[..., None] - jnp.arange(
+      size, dtype=rows.dtype)
+  a_rows = _tent(row_offsets) * weights[:, None, :, None]
+  a_cols_t = _tent(_offsets(cols, size, source_last=False))  # [b, N, g, W]
+  columns_done = jnp.matmul(glimpses, a_cols_t)  # [b, N, g, W]
+  canvas = jnp.matmul(a_rows.reshape(batch, height, slots * size),
+                      columns_done.reshape(batch, slots * size, width))
+  return canvas, (glimpses, z_where, weights, columns_done)
+
+
+def _render_sum_bwd(height, width, residuals, d_canvas):
+  glimpses, z_where, weights, columns_done = residuals
+  batch, slots, size = glimpses.shape[:3]
+  rows, cols = _render_matrices(z_where, size, height, width)
+  # canvas = A_rows @ columns_done: gradients of both factors.
+  row_offsets_t = _offsets(rows, size, source_last=False)  # [b, N, g, H]
+  a_rows_t = _tent(row_offsets_t) * weights[..., None, None]
+  d_columns_done = jnp.matmul(a_rows_t, d_canvas[:, None])  # [b, N, g, W]
+  d_a_rows_t = jnp.matmul(  # [b, N, g, H]: columns_done @ d_canvas^T
+      columns_done, jnp.swapaxes(d_canvas, 1, 2)[:, None])
+  d_rows = (d_a_rows_t * weights[..., None, None] *
+            _tent_grad(row_offsets_t)).sum(2)
+  d_weights = (d_a_rows_t * _tent(row_offsets_t)).sum((2, 3))
+  # columns_done = G @ A_cols^T: gradients of both factors.
+  col_offsets = _offsets(cols, size, source_last=True)  # [b, N, W, g]
+  d_glimpses = jnp.matmul(d_columns_done, _tent(col_offsets))
+  # [b, N, W, g] = d_columns_done^T @ G, with the transpose materialised: the
+  # barrier keeps XLA from folding it into a transposed-operand matmul.
+  d_a_cols = jnp.matmul(jax.lax.optimization_barrier(
+      jnp.swapaxes(d_columns_done, 2, 3)), glimpses)
+  d_cols = (d_a_cols * _tent_grad(col_offsets)).sum(3)
+  # Positions -> z_where, through the (tiny) position computation.
+  _, positions_vjp = jax.vjp(
+      lambda zw: _render_matrices(zw, size, height, width), z_where)
+  d_z_where, = positions_vjp((d_rows, d_cols))
+  return d_glimpses, d_z_where, d_weights
+
+
+_render_sum.defvjp(_render_sum_fwd, _render_sum_bwd)
 
 
 def box_corners(z_where: jax.Array, height: int, width: int) -> jax.Array:

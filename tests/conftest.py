@@ -15,6 +15,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
+# As in the launchers: the package applies `host_tuning` before JAX starts.
+import apdr_jax  # noqa: E402,F401
+
 # Tests run tiny models whose time is mostly compilation: compile cheaply, and
 # reuse compiled programs across tests and the launchers' subprocesses.
 jax.config.update("jax_disable_most_optimizations", True)
