@@ -34,4 +34,5 @@ def get_config():
   config.baseline_learning_rate = 3e-3
   config.lr_schedule = "cosine"
   config.lr_final_fraction = 0.0
+  config.model.image_rank = 128
   return config
