@@ -54,3 +54,25 @@ def tiny_apdr_run(tmp_path_factory):
     else:
       os.environ["APDR_JAX_CACHE"] = previous
   return str(path), result
+
+
+# The files whose APDR compiles take minutes, slowest first. Under
+# `pytest -n 2 --dist loadfile`, xdist would otherwise order files by their
+# number of tests, which put these few-test files last and left one worker
+# idle for the last minutes of a cold run.
+_SLOWEST_FILES = ("test_apdr_train.py", "test_multiprocess.py",
+                  "test_parallel.py", "test_notebook.py", "test_apdr.py",
+                  "test_launch.py")
+
+
+def pytest_configure(config):
+  if hasattr(config.option, "loadscopereorder"):
+    config.option.loadscopereorder = False  # keep the order set below
+
+
+def pytest_collection_modifyitems(items):
+  def rank(item):
+    name = os.path.basename(str(item.fspath))
+    return (_SLOWEST_FILES.index(name) if name in _SLOWEST_FILES
+            else len(_SLOWEST_FILES))
+  items.sort(key=rank)  # stable: a file's own tests keep their order
