@@ -50,8 +50,7 @@ def _interpolation_matrix(positions: jax.Array, size: int) -> jax.Array:
     `[..., out, size]` weights `max(0, 1 - |position - k|)`; a row sums to 1
     inside the source and falls to 0 outside it.
   """
-  source = jnp.arange(size, dtype=positions.dtype)
-  return jax.nn.relu(1.0 - jnp.abs(positions[..., None] - source))
+  return _tent(positions[..., None] - jnp.arange(size, dtype=positions.dtype))
 
 
 def _glimpse_sample_positions(z_where: jax.Array, glimpse_size: int,
