@@ -3,8 +3,9 @@
 Each frame `t` runs two phases over `N` fixed object slots:
 
 * **Propagation** (eq. 24-26): a masked `lax.scan` over the previous frame's
-  objects (compacted to the front). Object `i` takes a glimpse around its
-  previous location, and from it, its previous latents, the temporal state
+  objects (compacted to the front). Object `i` takes a glimpse around the
+  location its prior predicts (or its previous one; `propagation_glimpse`),
+  and from it, its previous latents, the temporal state
   `h^q_t` and the relation state `h^{P,i}_t` (an RNN over the objects
   propagated before it) samples survival `b^{P,i}` and new latents.
 * **Discovery** (eq. 27-28) *is* `air.infer`, conditioned on the relation
@@ -49,7 +50,11 @@ class APDRConfig:
     hidden_size: width of the propagation MLPs and of the temporal and prior
       RNNs.
     relation_size: width of the relation RNN `R^P`.
-    survival_init: initial survival probability of q and of the prior.
+    survival_init: initial survival probability of q.
+    prior_survival_init: initial survival probability of the prior (0 = the
+      same as q's). Near 1, forgetting an object costs about
+      `-log(1 - prior_survival_init)` nats until training says otherwise
+      (SQAIR's public code starts its prior at sigmoid(10)).
     transition_scale_init: initial std of the prior's transitions of
       `z_where` and `z_what`, and of q's propagated `z_what`.
     discovery_input: what discovery looks at: "residual", the frame minus
@@ -58,18 +63,38 @@ class APDRConfig:
       trained on single frames does not rediscover propagated digits; with
       "image" only the relation state tells it, and training learned to
       forget every object and rediscover it each frame instead (measured).
+    propagation_glimpse: where q's propagation looks: "prior", around the
+      location that the object's prior RNN predicts for this frame (it has
+      seen the object's past, so it knows its velocity), with q's `z_where`
+      an offset from that prediction; or "previous", around the object's
+      location in the previous frame, with `z_where` an offset from it.
   """
   air: air.AIRConfig
   hidden_size: int = 256
   relation_size: int = 256
   survival_init: float = 0.95
+  prior_survival_init: float = 0.0
   transition_scale_init: float = 0.1
   discovery_input: str = "residual"
+  # "previous" here so that a workdir whose config.json predates the field
+  # keeps the behaviour it was trained with; configs/default.py sets "prior".
+  propagation_glimpse: str = "previous"
 
   def __post_init__(self):
     if self.discovery_input not in ("residual", "image"):
       raise ValueError(f"discovery_input={self.discovery_input!r}; use "
                        "'residual' or 'image'")
+    if self.propagation_glimpse not in ("prior", "previous"):
+      raise ValueError(
+          f"propagation_glimpse={self.propagation_glimpse!r}; use 'prior' or "
+          "'previous'")
+    for name in ("survival_init", "prior_survival_init"):
+      value = getattr(self, name)
+      if not (0.0 < value < 1.0 or (name == "prior_survival_init" and
+                                    value == 0.0)):
+        raise ValueError(f"{name}={value} must lie in (0, 1)"
+                         + (" or be 0 (as survival_init)"
+                            if name == "prior_survival_init" else ""))
     if self.air.context_dim != self.relation_size:
       raise ValueError(f"air.context_dim={self.air.context_dim} must equal "
                        f"relation_size={self.relation_size}")
@@ -126,7 +151,8 @@ class APDRNetworks(nn.Module):
     self.prior_rnn = networks.LSTM(c.hidden_size)
     self.prior_survival = nn.Dense(
         1, kernel_init=small,
-        bias_init=nn.initializers.constant(_logit(c.survival_init)))
+        bias_init=nn.initializers.constant(_logit(
+            c.prior_survival_init or c.survival_init)))
     self.prior_where = networks.GaussianHead(
         3, scale_bias=_inverse_softplus(c.transition_scale_init))
     self.prior_what = networks.GaussianHead(
@@ -164,7 +190,7 @@ class APDRNetworks(nn.Module):
     return jax.nn.relu(self.prop_core(inputs))
 
   def prop_heads(self, hidden, z_where):
-    """Survival prob `[batch]` and `z_where` (loc, scale) around the old one."""
+    """Survival prob `[batch]` and `z_where` (loc, scale) around `z_where`."""
     prob = jax.nn.sigmoid(self.prop_presence(hidden)[..., 0])
     return prob, self.prop_where(hidden, z_where)
 
@@ -310,21 +336,27 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
                      prev.prior_state)
   survival, (p_where_loc, p_where_scale), (p_what_loc, p_what_scale) = call(
       APDRNetworks.prior_heads, prior_state.hidden, prev.z_where, prev.z_what)
-  # The glimpse around each previous location does not depend on the other
-  # objects: extract and encode all of them before the sequential scan.
+  # Where q looks for each object, and the location its z_where is an offset
+  # from. The prior's prediction knows the object's velocity, so the glimpse
+  # is centred on the object even when it moves by more than the glimpse can
+  # tolerate; q may depend on any function of the past, so the bound holds.
+  anchor = (p_where_loc if config.propagation_glimpse == "prior"
+            else prev.z_where)
+  # The glimpse around each anchor does not depend on the other objects:
+  # extract and encode all of them before the sequential scan.
   tile = lambda x: jnp.repeat(x, n, axis=0)
-  patches = glimpse.extract(tile(image), prev.z_where.reshape(batch * n, 3),
+  patches = glimpse.extract(tile(image), anchor.reshape(batch * n, 3),
                             a.glimpse_size, a.extract_method)
   features = call(APDRNetworks.glimpse_features,
                   patches.reshape(batch * n, -1)).reshape(batch, n, -1)
 
   def step(relation, inputs):
-    feat, where_prev, what_prev, active, key = inputs
+    feat, where_anchor, what_prev, active, key = inputs
     where_key, what_key, presence_key = jax.random.split(key, 3)
-    hidden = call(APDRNetworks.prop_hidden, feat, where_prev, what_prev,
+    hidden = call(APDRNetworks.prop_hidden, feat, where_anchor, what_prev,
                   temporal.hidden, relation.hidden)
     prob, (where_loc, where_scale) = call(APDRNetworks.prop_heads, hidden,
-                                          where_prev)
+                                          where_anchor)
     prob = jnp.maximum(prob, min_survival)
     presence, z_where = air.sample_presence_and_where(
         presence_key, where_key, prob, where_loc, where_scale, active,
@@ -352,7 +384,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   relation0 = call(APDRNetworks.relation_initial, batch)
   relation, outputs = jax.lax.scan(
       step, relation0,
-      (swap(features), swap(prev.z_where), swap(prev.z_what),
+      (swap(features), swap(anchor), swap(prev.z_what),
        swap(prev.presence), jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline = (
       swap(x) for x in outputs)

@@ -40,8 +40,12 @@ def model_config(config: ml_collections.ConfigDict):
                       f"; known: {sorted(known)}")
   relation = extra.get("relation_size", apdr.APDRConfig.relation_size)
   model["context_dim"] = relation
-  return apdr.APDRConfig(
-      air=air.AIRConfig(canvas_size=config.data.canvas_size, **model), **extra)
+  try:
+    return apdr.APDRConfig(
+        air=air.AIRConfig(canvas_size=config.data.canvas_size, **model),
+        **extra)
+  except ValueError as e:  # APDRConfig's own checks name the field
+    raise ConfigError(f"config.apdr: {e}") from e
 
 
 def is_sequential(config) -> bool:

@@ -164,6 +164,16 @@ def init_from_air_workdir(config, state: TrainState, workdir: str):
   if run_config.is_sequential(air_config):
     raise ConfigError(f"init_air_from={workdir!r} is an APDR run; give an "
                       "AIR workdir")
+  different = {key: (air_config.model.get(key), value)
+               for key, value in config.model.items()
+               if air_config.model.get(key) != value}
+  if different:
+    listed = ", ".join(f"{key}={air!r} there, {ours!r} here"
+                       for key, (air, ours) in sorted(different.items()))
+    raise ConfigError(f"init_air_from={workdir!r}: config.model differs ("
+                      f"{listed}); pass the AIR run's values, e.g. "
+                      f"--config.model.{min(different)}="
+                      f"{different[min(different)][0]}")
   target = create_train_state(air_config, jax.random.key(0))
   step, restored = checkpoints.restore_latest(checkpoints.manager(workdir),
                                               target)

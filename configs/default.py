@@ -55,9 +55,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.apdr = ml_collections.ConfigDict()
   config.apdr.hidden_size = 256
   config.apdr.relation_size = 256
-  config.apdr.survival_init = 0.95
+  config.apdr.survival_init = 0.95  # q's initial survival probability
+  config.apdr.prior_survival_init = 0.0  # the prior's; 0 = survival_init
   config.apdr.transition_scale_init = 0.1
   config.apdr.discovery_input = "residual"  # or 'image' (see apdr.APDRConfig)
+  # 'prior' (q looks where the object's prior predicts it) or 'previous'.
+  config.apdr.propagation_glimpse = "prior"
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0

@@ -1,6 +1,7 @@
 """APDR: shapes, masking, compaction and ids, and the per-time-step log-weights
 against the exact sequence ELBO by enumeration (notes §8.3, DESIGN §3.3)."""
 
+import dataclasses
 import itertools
 import math
 
@@ -198,6 +199,44 @@ def test_a_digit_that_leaves_is_forgotten_and_one_that_enters_is_found():
   np.testing.assert_array_equal(ids[:, 0], [0, -1, 1])
 
 
+def _square_at(columns_per_frame, size=16):
+  """`[1, T, size, size]`: a 4x4 square in rows 6:10 at the given columns."""
+  x = np.zeros((1, len(columns_per_frame), size, size), np.float32)
+  for t, column in enumerate(columns_per_frame):
+    x[0, t, 6:10, column:column + 4] = 1.0
+  return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("glimpse_at", ["prior", "previous"])
+def test_a_jump_the_prior_predicts_is_tracked_only_with_the_prior_glimpse(
+    glimpse_at):
+  """The square jumps 6 px to the right, out of a glimpse at its previous
+  place, and the prior's transition predicts the jump (x + 0.75). Looking
+  where the prior predicts keeps the object and its id; looking at the
+  previous place sees no ink, forgets it and discovers it again."""
+  config = apdr.APDRConfig(air=TINY_AIR, hidden_size=10, relation_size=8,
+                           propagation_glimpse=glimpse_at)
+  params = _hand_wired_params(config)
+  params["prior_where"]["loc"]["bias"] = jnp.array([0.0, 0.75, 0.0])
+  out = apdr.log_weight_terms(config, params, _square_at([6, 12]),
+                              jax.random.key(0), 0.3, deterministic=True)
+  f = out.frames
+  counts, ids = np.asarray(f.presence.sum(-1))[0], np.asarray(f.ids)[0]
+  kept, found = np.asarray(f.num_propagated)[0], np.asarray(f.num_discovered)[0]
+  np.testing.assert_array_equal(counts, [1, 1])
+  if glimpse_at == "prior":
+    np.testing.assert_array_equal(kept, [0, 1])
+    np.testing.assert_array_equal(found, [1, 0])
+    np.testing.assert_array_equal(ids[:, 0], [0, 0])
+    # q's z_where is an offset (0 here) from the prior's prediction.
+    np.testing.assert_allclose(np.asarray(f.z_where)[0, 1, 0, 1], 0.75,
+                               atol=1e-6)
+  else:
+    np.testing.assert_array_equal(kept, [0, 0])
+    np.testing.assert_array_equal(found, [1, 1])
+    np.testing.assert_array_equal(ids[:, 0], [0, 1])
+
+
 def test_without_the_residual_a_propagated_digit_is_found_again():
   """The control for the test above: discovery on the raw frame sees the
   propagated digit too, so the same wiring counts it twice."""
@@ -326,7 +365,9 @@ def _enumerable_params(rng):
       # importance-sampling check of p(x) below has a usable standard error.
       "prop_where": ([0.05, 0.1, 0.0], [-0.3, -0.5, -0.2]),
       "prop_what": ([0.1, -0.1, 0.0], [0.4, 0.0, -0.2]),
-      "prior_where": ([0.0, 0.1, 0.1], [-0.2, -0.7, 0.0]),
+      # The prior's offset is large enough that q's two anchors ("previous"
+      # and "prior") give exact ELBOs the check below tells apart.
+      "prior_where": ([0.0, 0.3, -0.3], [-0.2, -0.7, 0.0]),
       "prior_what": ([-0.1, 0.0, 0.2], [0.5, 0.0, -0.3]),
   }
   for head, (loc, scale) in biases.items():
@@ -346,7 +387,8 @@ def _head(p, name):
   return np.asarray(p[name]["loc"]["bias"]), _softplus(p[name]["scale"]["bias"])
 
 
-def _exact_elbo(p, image_seq, drop_survival_prior=False):
+def _exact_elbo(p, image_seq, drop_survival_prior=False,
+                glimpse_at="previous"):
   """The exact sequence ELBO, by a sum over every discrete history."""
   a, n_max = TINY_AIR, TINY.num_slots
   where_prior = (np.array([a.scale_prior_mean, 0, 0]),
@@ -357,7 +399,15 @@ def _exact_elbo(p, image_seq, drop_survival_prior=False):
                        *where_prior) +
              _gauss_kl(*_head(p["air"], "what_encoder"), np.zeros(3),
                        np.ones(3)))
-  kl_prop = (_gauss_kl(*_head(p, "prop_where"), *_head(p, "prior_where")) +
+  # q's z_where is an offset from the previous location ("previous") or from
+  # the prior's prediction ("prior"); the prior's mean is the previous
+  # location plus its own offset.
+  prop_where_loc, prop_where_scale = _head(p, "prop_where")
+  prior_where_loc, prior_where_scale = _head(p, "prior_where")
+  if glimpse_at == "prior":
+    prop_where_loc = prop_where_loc + prior_where_loc
+  kl_prop = (_gauss_kl(prop_where_loc, prop_where_scale, prior_where_loc,
+                       prior_where_scale) +
              _gauss_kl(*_head(p, "prop_what"), *_head(p, "prior_what")))
   pmf = lambda r, n, top: r ** n * ((1 - r) if n < top else 1.0)
   bern = lambda r, b: r if b else 1 - r
@@ -386,19 +436,20 @@ def _exact_elbo(p, image_seq, drop_survival_prior=False):
   return total
 
 
-@pytest.fixture(scope="module")
-def enumerable():
+@pytest.fixture(scope="module", params=["previous", "prior"])
+def enumerable(request):
+  config = dataclasses.replace(TINY, propagation_glimpse=request.param)
   p = _enumerable_params(jax.random.key(0))
   image_seq = jax.random.uniform(jax.random.key(7), (FRAMES, 16, 16))
   images = jnp.broadcast_to(image_seq, (NUM_MC,) + image_seq.shape)
-  out = jax.jit(lambda p, x, k: apdr.log_weight_terms(TINY, p, x, k, RHO))(
+  out = jax.jit(lambda p, x, k: apdr.log_weight_terms(config, p, x, k, RHO))(
       p, images, jax.random.key(8))
-  return p, image_seq, out
+  return p, image_seq, out, request.param
 
 
 def test_per_frame_log_weights_sum_to_the_exact_sequence_elbo(enumerable):
-  p, image_seq, out = enumerable
-  exact_elbo = _exact_elbo(p, image_seq)
+  p, image_seq, out, glimpse_at = enumerable
+  exact_elbo = _exact_elbo(p, image_seq, glimpse_at=glimpse_at)
   log_weight = np.asarray(out.terms.sum(-1), np.float64)
   stderr = log_weight.std() / np.sqrt(NUM_MC)
   assert abs(log_weight.mean() - exact_elbo) < 4 * stderr + 1e-3
@@ -414,8 +465,20 @@ def test_per_frame_log_weights_sum_to_the_exact_sequence_elbo(enumerable):
 
 def test_enumeration_detects_a_missing_survival_prior(enumerable):
   """The same check fails for a model whose survival prior is dropped."""
-  p, image_seq, out = enumerable
-  wrong = _exact_elbo(p, image_seq, drop_survival_prior=True)
+  p, image_seq, out, glimpse_at = enumerable
+  wrong = _exact_elbo(p, image_seq, drop_survival_prior=True,
+                      glimpse_at=glimpse_at)
+  log_weight = np.asarray(out.terms.sum(-1), np.float64)
+  stderr = log_weight.std() / np.sqrt(NUM_MC)
+  assert abs(log_weight.mean() - wrong) > 4 * stderr
+
+
+def test_enumeration_tells_the_two_propagation_glimpses_apart(enumerable):
+  """The exact ELBO of the other `propagation_glimpse` (q's z_where offset
+  from the other anchor) is rejected by the same check."""
+  p, image_seq, out, glimpse_at = enumerable
+  other = "previous" if glimpse_at == "prior" else "prior"
+  wrong = _exact_elbo(p, image_seq, glimpse_at=other)
   log_weight = np.asarray(out.terms.sum(-1), np.float64)
   stderr = log_weight.std() / np.sqrt(NUM_MC)
   assert abs(log_weight.mean() - wrong) > 4 * stderr
@@ -424,7 +487,7 @@ def test_enumeration_detects_a_missing_survival_prior(enumerable):
 def test_credit_order_within_a_frame(enumerable):
   """Propagation columns, then discovery, then the likelihood; a decision's
   log q sits in its own column and the likelihood column has none."""
-  _, _, out = enumerable
+  _, _, out, _ = enumerable
   per_frame = out.score_log_q.reshape(NUM_MC, FRAMES, -1)
   np.testing.assert_array_equal(per_frame[..., -1], 0.0)
   # Frame 0 has nothing to propagate.

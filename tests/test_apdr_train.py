@@ -44,6 +44,12 @@ def test_bad_apdr_config_values_raise_clear_errors():
     run_config.validate_config(config)
   with pytest.raises(ConfigError, match="model_name"):
     run_config.validate_config(_config(model_name="sqair2"))
+  for field, value in (("propagation_glimpse", "centre"),
+                       ("prior_survival_init", 1.0), ("survival_init", 0.0)):
+    config = _config()
+    config.apdr[field] = value
+    with pytest.raises(ConfigError, match=f"config.apdr: {field}="):
+      run_config.validate_config(config)
 
 
 def _bad_kind():
@@ -157,7 +163,9 @@ def test_air_baseline_trains_and_evaluates_on_sequences(tmp_path):
                               state.params["prop_core"])
   wider = _config(init_air_from=str(tmp_path))
   wider.model.lstm_size = 24
-  with pytest.raises(ConfigError, match="shape"):
+  # Named before any parameter is compared, with the flag that fixes it.
+  with pytest.raises(ConfigError, match=r"lstm_size=\d+ there, 24 here.*"
+                     r"--config.model.lstm_size="):
     train.init_from_air_workdir(
         wider, train.create_train_state(wider, jax.random.key(3)),
         str(tmp_path))
