@@ -56,7 +56,7 @@ class APDRConfig:
       `-log(1 - prior_survival_init)` nats until training says otherwise
       (SQAIR's public code starts its prior at sigmoid(10)).
     transition_scale_init: initial std of the prior's transitions of
-      `z_where` and `z_what`, and of q's propagated `z_what`.
+      `z_where` and `z_what`, and of q's propagated `z_where` and `z_what`.
     discovery_input: what discovery looks at: "residual", the frame minus
       the propagated objects' rendering (clipped to [0, 1]), or "image", the
       frame itself. The residual hides what is already explained, so an AIR
@@ -68,6 +68,12 @@ class APDRConfig:
       seen the object's past, so it knows its velocity), with q's `z_where`
       an offset from that prediction; or "previous", around the object's
       location in the previous frame, with `z_where` an offset from it.
+    constant_velocity: the prior's mean of `z_where` is the previous location
+      plus the object's last displacement (zero for a new object) plus the
+      learned correction, instead of the previous location plus the
+      correction: the prior (and q's glimpse, with "prior") then follows a
+      moving digit from the first step instead of waiting for its LSTM to
+      learn velocity (a step-1500 run lagged such digits by 2 px).
   """
   air: air.AIRConfig
   hidden_size: int = 256
@@ -79,6 +85,7 @@ class APDRConfig:
   # "previous" here so that a workdir whose config.json predates the field
   # keeps the behaviour it was trained with; configs/default.py sets "prior".
   propagation_glimpse: str = "previous"
+  constant_velocity: bool = False
 
   def __post_init__(self):
     if self.discovery_input not in ("residual", "image"):
@@ -134,8 +141,11 @@ class APDRNetworks(nn.Module):
     self.prop_presence = nn.Dense(
         1, kernel_init=small,
         bias_init=nn.initializers.constant(_logit(c.survival_init)))
+    # Starts as precise as the prior's transition: a propagated object that
+    # is sampled a few pixels off its digit costs hundreds of nats, and
+    # rediscovering it looked cheaper than tracking it (measured).
     self.prop_where = networks.GaussianHead(
-        3, scale_bias=_inverse_softplus(a.where_scale_init))
+        3, scale_bias=_inverse_softplus(c.transition_scale_init))
     # q's z_what starts as the previous z_what with a small std, and the
     # prior's transition starts with the same small std: a propagated object
     # then costs ~0 nats and redraws the same digit, where a fresh one costs
@@ -185,9 +195,15 @@ class APDRNetworks(nn.Module):
   def glimpse_features(self, patches_flat):
     return jax.nn.relu(self.prop_glimpse(patches_flat))
 
-  def prop_hidden(self, features, z_where, z_what, temporal, relation):
-    inputs = jnp.concatenate([features, z_where, z_what, temporal, relation], -1)
-    return jax.nn.relu(self.prop_core(inputs))
+  def prop_hidden(self, features, z_where, z_what, temporal, relation,
+                  prior_hidden=None):
+    """q's propagation features; with `propagation_glimpse="prior"` they also
+    read the object's prior-RNN state (its own history: the shared `h^q`
+    cannot tell one object's velocity from another's)."""
+    parts = [features, z_where, z_what, temporal, relation]
+    if self.config.propagation_glimpse == "prior":
+      parts.append(prior_hidden)
+    return jax.nn.relu(self.prop_core(jnp.concatenate(parts, -1)))
 
   def prop_heads(self, hidden, z_where):
     """Survival prob `[batch]` and `z_where` (loc, scale) around `z_where`."""
@@ -226,7 +242,8 @@ class APDRNetworks(nn.Module):
                                   self.relation_initial(batch))
     features = self.glimpse_features(jnp.zeros((batch, a.glimpse_size ** 2)))
     hidden = self.prop_hidden(features, z_where[:, 0], z_what[:, 0],
-                              temporal.hidden, relation.hidden)
+                              temporal.hidden, relation.hidden,
+                              prior.hidden[:, 0])
     self.prop_heads(hidden, z_where[:, 0])
     self.prop_encode(jnp.zeros((batch, a.glimpse_size ** 2)), hidden,
                      z_what[:, 0])
@@ -253,12 +270,15 @@ class Objects(NamedTuple):
     presence: `[batch, N]` in {0, 1}, a prefix of ones.
     ids: `[batch, N]` int32 persistent object ids, -1 where absent.
     prior_state: each object's prior-RNN state, `[batch, N, hidden]` each.
+    velocity: `[batch, N, 3]`, each object's last change of `z_where` (0 for
+      an object discovered in this frame).
   """
   z_where: jax.Array
   z_what: jax.Array
   presence: jax.Array
   ids: jax.Array
   prior_state: networks.LSTMState
+  velocity: jax.Array
 
 
 class Carry(NamedTuple):
@@ -281,7 +301,8 @@ def initial_carry(config: APDRConfig, params, batch: int) -> Carry:
   objects = Objects(
       z_where=jnp.broadcast_to(neutral, (batch, n, 3)), z_what=jnp.zeros((batch, n, d)),
       presence=jnp.zeros((batch, n)), ids=jnp.full((batch, n), -1, jnp.int32),
-      prior_state=_call(config, params, APDRNetworks.prior_initial, (batch, n)))
+      prior_state=_call(config, params, APDRNetworks.prior_initial, (batch, n)),
+      velocity=jnp.zeros((batch, n, 3)))
   return Carry(objects,
                _call(config, params, APDRNetworks.temporal_initial, batch),
                jnp.zeros((batch,), jnp.int32))
@@ -335,7 +356,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   prior_state = call(APDRNetworks.prior_step, prev.z_where, prev.z_what,
                      prev.prior_state)
   survival, (p_where_loc, p_where_scale), (p_what_loc, p_what_scale) = call(
-      APDRNetworks.prior_heads, prior_state.hidden, prev.z_where, prev.z_what)
+      APDRNetworks.prior_heads, prior_state.hidden, _prior_where_offset(
+          config, prev), prev.z_what)
   # Where q looks for each object, and the location its z_where is an offset
   # from. The prior's prediction knows the object's velocity, so the glimpse
   # is centred on the object even when it moves by more than the glimpse can
@@ -351,10 +373,10 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
                   patches.reshape(batch * n, -1)).reshape(batch, n, -1)
 
   def step(relation, inputs):
-    feat, where_anchor, what_prev, active, key = inputs
+    feat, where_anchor, what_prev, prior_hidden, active, key = inputs
     where_key, what_key, presence_key = jax.random.split(key, 3)
     hidden = call(APDRNetworks.prop_hidden, feat, where_anchor, what_prev,
-                  temporal.hidden, relation.hidden)
+                  temporal.hidden, relation.hidden, prior_hidden)
     prob, (where_loc, where_scale) = call(APDRNetworks.prop_heads, hidden,
                                           where_anchor)
     prob = jnp.maximum(prob, min_survival)
@@ -385,7 +407,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   relation, outputs = jax.lax.scan(
       step, relation0,
       (swap(features), swap(anchor), swap(prev.z_what),
-       swap(prev.presence), jax.random.split(rng, n)), unroll=True)
+       swap(prior_state.hidden), swap(prev.presence), jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline = (
       swap(x) for x in outputs)
   active = prev.presence
@@ -395,6 +417,13 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
       dist.normal_log_prob(z_what, p_what_loc, p_what_scale).sum(-1))
   return Propagated(z_where, z_what, presence, active, log_q_presence, log_q_z,
                     log_p_presence, log_p_z, baseline, relation, prior_state)
+
+
+def _prior_where_offset(config: APDRConfig, objects: Objects) -> jax.Array:
+  """What the prior's `z_where` mean is an offset from, `[batch, N, 3]`."""
+  if config.constant_velocity:
+    return objects.z_where + objects.velocity
+  return objects.z_where
 
 
 def _compact(config: APDRConfig, params, carry: Carry, prop: Propagated,
@@ -417,12 +446,16 @@ def _compact(config: APDRConfig, params, carry: Carry, prop: Propagated,
   take = lambda x: jnp.take_along_axis(
       x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
   kept = take(presence)
+  # A propagated object's displacement; a discovered one has none yet.
+  moved = (prop.z_where - carry.objects.z_where) * prop.presence[..., None]
+  velocity = jnp.concatenate([moved, jnp.zeros_like(disc.z_where)], 1)
   return Objects(
       z_where=take(jnp.concatenate([prop.z_where, disc.z_where], 1)),
       z_what=take(jnp.concatenate([prop.z_what, disc.z_what], 1)),
       presence=kept,
       ids=jnp.where(kept > 0, take(ids), -1),
-      prior_state=jax.tree.map(take, prior))
+      prior_state=jax.tree.map(take, prior),
+      velocity=jnp.where(kept[..., None] > 0, take(velocity), 0.0))
 
 
 def _clean(config: APDRConfig, objects: Objects) -> Objects:
@@ -662,7 +695,8 @@ def predict(config: APDRConfig, params, images: jax.Array, num_future: int,
     state = call(APDRNetworks.prior_step, objects.z_where, objects.z_what,
                  objects.prior_state)
     survival, (where_loc, where_scale), (what_loc, what_scale) = call(
-        APDRNetworks.prior_heads, state.hidden, objects.z_where, objects.z_what)
+        APDRNetworks.prior_heads, state.hidden,
+        _prior_where_offset(config, objects), objects.z_what)
     if deterministic:
       alive = (survival > 0.5).astype(survival.dtype) * objects.presence
       z_where, z_what = where_loc, what_loc

@@ -187,3 +187,74 @@ def prediction_error(model_config, params, sequences: np.ndarray,
   )(params, jnp.asarray(sequences[:, :observed]), rng))
   error = float(np.mean((predicted["canvas"] - sequences[:, observed:]) ** 2))
   return error, predicted
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _apdr_frame_terms(model_config, params, sequences):
+  out = apdr.log_weight_terms(model_config, params, sequences,
+                              jax.random.key(0), jnp.asarray(0.5),
+                              deterministic=True)
+  f = out.frames
+  return (f.presence, f.ids, f.z_where, f.num_propagated, f.num_discovered,
+          f.log_likelihood, f.terms)
+
+
+def explain_frames(model_config, params, sequences: np.ndarray,
+                   truth: dict | None = None) -> list:
+  """APDR's posterior modes frame by frame, with each decision's terms: what
+  to read when counts or tracks go wrong (a lagging box, a duplicate found
+  in the leftover ink, a forgotten object).
+
+  Args:
+    model_config: `APDRConfig`.
+    params: trained parameters.
+    sequences: `[num, T, H, W]` float32 in [0, 1] (a few: one batch).
+    truth: optional held-out arrays (`boxes [num, T, M, 4]`, `presence`).
+
+  Returns:
+    one list per sequence of one dict per frame: `propagated` (k_t),
+    `discovered` (n_t), `objects` (id, centre `[x, y]` in pixels, scale),
+    `log_likelihood`, `propagation_terms` and `discovery_terms` (per slot,
+    `log p - log q` of its decision and latents), and `truth_centres`.
+  """
+  presence, ids, z_where, kept, found, log_lik, terms = jax.device_get(
+      _apdr_frame_terms(model_config, params, jnp.asarray(sequences)))
+  n = model_config.num_slots
+  size = model_config.air.canvas_size
+  table = []
+  for i in range(sequences.shape[0]):
+    frames = []
+    for t in range(sequences.shape[1]):
+      objects = [{"id": int(ids[i, t, k]), "scale": round(float(z_where[i, t, k, 0]), 3),
+                  "centre": [round(float((z_where[i, t, k, j] + 1) * size / 2), 2)
+                             for j in (1, 2)]}
+                 for k in range(n) if presence[i, t, k] > 0.5]
+      frame = dict(propagated=int(kept[i, t]), discovered=int(found[i, t]),
+                   objects=objects,
+                   log_likelihood=round(float(log_lik[i, t]), 2),
+                   propagation_terms=[round(float(v), 2) for v in terms[i, t, :n]],
+                   discovery_terms=[round(float(v), 2)
+                                    for v in terms[i, t, n:2 * n]])
+      if truth is not None:
+        frame["truth_centres"] = [
+            [round(float((b[0] + b[2]) / 2), 2), round(float((b[1] + b[3]) / 2), 2)]
+            for b, p in zip(truth["boxes"][i, t], truth["presence"][i, t]) if p]
+      frames.append(frame)
+    table.append(frames)
+  return table
+
+
+def format_explained(table: list) -> str:
+  """`explain_frames` as one line per frame."""
+  lines = []
+  for i, frames in enumerate(table):
+    lines.append(f"sequence {i}")
+    for t, f in enumerate(frames):
+      objects = " ".join(f"#{o['id']}@({o['centre'][0]:.1f},{o['centre'][1]:.1f})"
+                         for o in f["objects"])
+      truth = " ".join(f"({x:.1f},{y:.1f})" for x, y in f.get("truth_centres", []))
+      lines.append(f"  t={t} kept {f['propagated']} found {f['discovered']} | "
+                   f"{objects or '-'} | truth {truth or '-'} | "
+                   f"log p(x|z) {f['log_likelihood']:.0f} | prop "
+                   f"{f['propagation_terms']} disc {f['discovery_terms']}")
+  return "\n".join(lines)

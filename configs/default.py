@@ -61,6 +61,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.apdr.discovery_input = "residual"  # or 'image' (see apdr.APDRConfig)
   # 'prior' (q looks where the object's prior predicts it) or 'previous'.
   config.apdr.propagation_glimpse = "prior"
+  # The prior's z_where mean starts from the previous location plus the
+  # object's last move (see apdr.APDRConfig.constant_velocity).
+  config.apdr.constant_velocity = True
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0

@@ -13,7 +13,10 @@ For a workdir trained on sequences (APDR, or the frame-by-frame AIR baseline):
 per-frame count accuracy, ELBO and IWAE per sequence, tracking consistency, id
 switches, MOTA and IDF1 on the held-out sequences (`--num_scenes` counts
 sequences), and GIFs; with --images (`[num, T, H, W]`) the per-frame counts,
-boxes and object ids of every sequence, and a GIF.
+boxes and object ids of every sequence, and a GIF. `--explain=N` (APDR) also
+prints the first N held-out sequences frame by frame: objects kept and found,
+their ids and centres against the true centres, and the `log p - log q` of
+every decision, the quickest way to see why counts or tracks go wrong.
 """
 
 import json
@@ -32,6 +35,10 @@ _OUT = flags.DEFINE_string("out", None, "JSON output (default: "
                            "WORKDIR/evaluation.json).")
 _IWAE_SAMPLES = flags.DEFINE_integer("iwae_samples", 100, "K for IWAE.")
 _NUM_SCENES = flags.DEFINE_integer("num_scenes", 1000, "Held-out scenes.")
+_EXPLAIN = flags.DEFINE_integer(
+    "explain", 0, "APDR: print the posterior modes of the first N held-out "
+    "sequences frame by frame (kept/found objects, ids, centres against the "
+    "truth, each decision's log p - log q) and add them to the JSON.")
 
 
 def main(argv):
@@ -39,12 +46,13 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   with common.user_errors():
     result = run(_WORKDIR.value, _IMAGES.value, _OUT.value,
-                 _IWAE_SAMPLES.value, _NUM_SCENES.value)
+                 _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value)
   print(common.format_result(
       {k: v for k, v in result.items() if not isinstance(v, list)}))
 
 
-def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
+def run(workdir, images_path, out_path, iwae_samples, num_scenes,
+        explain: int = 0) -> dict:
   import jax
   from apdr_jax import (checkpoints, data, evaluation, input_pipeline,
                         plotting, run_config, train)
@@ -52,6 +60,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
 
   if iwae_samples < 1 or num_scenes < 1:
     raise ConfigError("--iwae_samples and --num_scenes must be >= 1")
+  if explain < 0:
+    raise ConfigError(f"--explain={explain} must be >= 0")
   config = checkpoints.load_config(workdir)
   target = train.create_train_state(config, jax.random.key(0))
   step, state = checkpoints.restore_latest(checkpoints.manager(workdir), target)
@@ -59,9 +69,11 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints")
   mc = run_config.model_config(config)
   out_path = out_path or os.path.join(workdir, "evaluation.json")
+  if explain and not run_config.is_sequential(config):
+    raise ConfigError("--explain applies to APDR workdirs (model_name='apdr')")
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
-                          out_path, iwae_samples, num_scenes)
+                          out_path, iwae_samples, num_scenes, explain)
   picture = os.path.splitext(out_path)[0] + ".png"
   result = {"workdir": workdir, "step": int(step)}
   if images_path:
@@ -97,7 +109,7 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes) -> dict:
 
 
 def _run_sequences(config, state, step, workdir, images_path, out_path,
-                   iwae_samples, num_scenes) -> dict:
+                   iwae_samples, num_scenes, explain=0) -> dict:
   import jax
   from apdr_jax import (data, input_pipeline, run_config, run_evaluation,
                         sequence_evaluation)
@@ -128,6 +140,12 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
         float(run_config.rho_at(config, step)))
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
+    if explain:
+      table = sequence_evaluation.explain_frames(
+          mc, state.params, sequences[:explain],
+          {k: test[k][:explain] for k in ("boxes", "presence")})
+      print(sequence_evaluation.format_explained(table))
+      result["explained"] = table
   result["pictures"] = run_evaluation.save_sequence_pictures(
       prefix, sequences, decomposed)
   with open(out_path, "w") as f:

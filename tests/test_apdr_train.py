@@ -116,6 +116,20 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
   for key in ("frame_count_accuracy", "tracking_consistency", "iwae"):
     assert key in result, key
   assert os.path.exists(tmp_path / "eval_reconstructions.gif")
+  explained = evaluate.run(path, None, str(tmp_path / "explain.json"), 2, 4,
+                           explain=2)["explained"]
+  from apdr_jax import checkpoints, input_pipeline
+  _, test = input_pipeline.load_data(checkpoints.load_config(path))
+  assert len(explained) == 2
+  for i, frames in enumerate(explained):
+    previous_ids = set()
+    for t, frame in enumerate(frames):
+      ids = [obj["id"] for obj in frame["objects"]]
+      assert frame["propagated"] + frame["discovered"] == len(ids)
+      # Propagated objects come first and carry ids of the previous frame.
+      assert set(ids[:frame["propagated"]]) <= previous_ids
+      assert len(frame["truth_centres"]) == test["counts"][i, t]
+      previous_ids = set(ids)
   sequences = (np.random.default_rng(0).random((2, 3, 32, 32)) * 255).astype(
       np.uint8)
   np.save(tmp_path / "mine.npy", sequences)
