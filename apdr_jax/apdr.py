@@ -69,7 +69,8 @@ class APDRConfig:
       an offset from that prediction; or "previous", around the object's
       location in the previous frame, with `z_where` an offset from it.
     constant_velocity: the prior's mean of `z_where` is the previous location
-      plus the object's last displacement (zero for a new object) plus the
+      plus the object's last displacement (of position only; zero for a new
+      object) plus the
       learned correction, instead of the previous location plus the
       correction: the prior (and q's glimpse, with "prior") then follows a
       moving digit from the first step instead of waiting for its LSTM to
@@ -270,8 +271,8 @@ class Objects(NamedTuple):
     presence: `[batch, N]` in {0, 1}, a prefix of ones.
     ids: `[batch, N]` int32 persistent object ids, -1 where absent.
     prior_state: each object's prior-RNN state, `[batch, N, hidden]` each.
-    velocity: `[batch, N, 3]`, each object's last change of `z_where` (0 for
-      an object discovered in this frame).
+    velocity: `[batch, N, 3]`, each object's last change of position
+      `(0, dx, dy)` (0 for an object discovered in this frame).
   """
   z_where: jax.Array
   z_what: jax.Array
@@ -446,8 +447,11 @@ def _compact(config: APDRConfig, params, carry: Carry, prop: Propagated,
   take = lambda x: jnp.take_along_axis(
       x, order.reshape(order.shape + (1,) * (x.ndim - 2)), axis=1)
   kept = take(presence)
-  # A propagated object's displacement; a discovered one has none yet.
+  # A propagated object's displacement; a discovered one has none yet. Only
+  # the position moves with it: digits keep their size, and extrapolating a
+  # change of scale made boxes grow or shrink frame after frame (measured).
   moved = (prop.z_where - carry.objects.z_where) * prop.presence[..., None]
+  moved = moved.at[..., 0].set(0.0)
   velocity = jnp.concatenate([moved, jnp.zeros_like(disc.z_where)], 1)
   return Objects(
       z_where=take(jnp.concatenate([prop.z_where, disc.z_where], 1)),

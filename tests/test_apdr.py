@@ -263,7 +263,7 @@ def test_compaction_is_stable_and_keeps_ids_and_prior_states():
                    prior_prev, jnp.ones((1, n, 3))), None,
       jnp.array([9], jnp.int32))
   prop = apdr.Propagated(
-      z_where=jnp.array([[[1., 0, 0], [2., 0, 0]]]), z_what=jnp.zeros((1, n, d)),
+      z_where=jnp.array([[[1., 0, 0], [2., 0.5, -1]]]), z_what=jnp.zeros((1, n, d)),
       presence=jnp.array([[0., 1.]]), active=jnp.ones((1, n)),
       log_q_presence=None, log_q_z=None, log_p_presence=None, log_p_z=None,
       baseline=None, relation=None, prior_state=prior_prev)
@@ -278,8 +278,9 @@ def test_compaction_is_stable_and_keeps_ids_and_prior_states():
                                 prior_prev.hidden[0, 1])
   initial = fresh_params["prior_rnn"]["initial_hidden"]
   np.testing.assert_array_equal(objects.prior_state.hidden[0, 1], initial)
-  # The survivor's velocity is its last move (2 - 0), the newcomer has none.
-  np.testing.assert_array_equal(objects.velocity[0], [[2., 0, 0], [0, 0, 0]])
+  # The survivor's velocity is its last move of position (its scale went
+  # from 0 to 2, which does not count), the newcomer has none.
+  np.testing.assert_array_equal(objects.velocity[0], [[0., 0.5, -1], [0, 0, 0]])
 
 
 @pytest.mark.parametrize("constant_velocity", [True, False])
