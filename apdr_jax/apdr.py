@@ -70,9 +70,8 @@ class APDRConfig:
       location in the previous frame, with `z_where` an offset from it.
     constant_velocity: the prior's mean of `z_where` is the previous location
       plus the object's last displacement (of position only; zero for a new
-      object) plus the
-      learned correction, instead of the previous location plus the
-      correction: the prior (and q's glimpse, with "prior") then follows a
+      object) plus the learned correction, instead of the previous location
+      plus the correction: the prior (and q's glimpse, with "prior") then follows a
       moving digit from the first step instead of waiting for its LSTM to
       learn velocity (a step-1500 run lagged such digits by 2 px).
   """
@@ -96,13 +95,13 @@ class APDRConfig:
       raise ValueError(
           f"propagation_glimpse={self.propagation_glimpse!r}; use 'prior' or "
           "'previous'")
-    for name in ("survival_init", "prior_survival_init"):
-      value = getattr(self, name)
-      if not (0.0 < value < 1.0 or (name == "prior_survival_init" and
-                                    value == 0.0)):
-        raise ValueError(f"{name}={value} must lie in (0, 1)"
-                         + (" or be 0 (as survival_init)"
-                            if name == "prior_survival_init" else ""))
+    if not 0.0 < self.survival_init < 1.0:
+      raise ValueError(f"survival_init={self.survival_init} must lie in "
+                       "(0, 1)")
+    if not (self.prior_survival_init == 0.0 or
+            0.0 < self.prior_survival_init < 1.0):
+      raise ValueError(f"prior_survival_init={self.prior_survival_init} must "
+                       "lie in (0, 1) or be 0 (as survival_init)")
     if self.air.context_dim != self.relation_size:
       raise ValueError(f"air.context_dim={self.air.context_dim} must equal "
                        f"relation_size={self.relation_size}")

@@ -26,15 +26,18 @@ def is_apdr(model_config) -> bool:
   return isinstance(model_config, apdr.APDRConfig)
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apdr_decompose(model_config, params, sequences):
-  out = apdr.log_weight_terms(model_config, params, sequences,
-                              jax.random.key(0), jnp.asarray(0.5),
-                              deterministic=True, with_canvas=True)
+@functools.partial(jax.jit, static_argnums=(0, 3))
+def _apdr_modes(model_config, params, sequences, with_canvas):
+  """The posterior modes' `FrameOutputs`, `[batch, T, ...]` each."""
+  return apdr.log_weight_terms(model_config, params, sequences,
+                               jax.random.key(0), jnp.asarray(0.5),
+                               deterministic=True,
+                               with_canvas=with_canvas).frames
+
+
+def _boxes(model_config, z_where):
   size = model_config.air.canvas_size
-  frames = out.frames
-  boxes = glimpse.box_corners(frames.z_where, size, size)
-  return frames.presence, boxes, frames.ids, frames.canvas
+  return np.asarray(glimpse.box_corners(z_where, size, size))
 
 
 def decompose(model_config, params, sequences: np.ndarray,
@@ -68,10 +71,12 @@ def decompose(model_config, params, sequences: np.ndarray,
   parts = []
   for start in range(0, num, batch_size):
     chunk = jnp.asarray(sequences[start:start + batch_size])
-    parts.append(jax.device_get(_apdr_decompose(model_config, params, chunk)))
-  presence, boxes, ids, canvas = (np.concatenate(p) for p in zip(*parts))
+    f = jax.device_get(_apdr_modes(model_config, params, chunk, True))
+    parts.append((f.presence, f.z_where, f.ids, f.canvas))
+  presence, z_where, ids, canvas = (np.concatenate(p) for p in zip(*parts))
   return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
-              boxes=boxes, ids=ids.astype(np.int32), reconstructions=canvas)
+              boxes=_boxes(model_config, z_where), ids=ids.astype(np.int32),
+              reconstructions=canvas)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))
@@ -189,16 +194,6 @@ def prediction_error(model_config, params, sequences: np.ndarray,
   return error, predicted
 
 
-@functools.partial(jax.jit, static_argnums=0)
-def _apdr_frame_terms(model_config, params, sequences):
-  out = apdr.log_weight_terms(model_config, params, sequences,
-                              jax.random.key(0), jnp.asarray(0.5),
-                              deterministic=True)
-  f = out.frames
-  return (f.presence, f.ids, f.z_where, f.num_propagated, f.num_discovered,
-          f.log_likelihood, f.terms)
-
-
 def explain_frames(model_config, params, sequences: np.ndarray,
                    truth: dict | None = None) -> list:
   """APDR's posterior modes frame by frame, with each decision's terms: what
@@ -217,28 +212,29 @@ def explain_frames(model_config, params, sequences: np.ndarray,
     `log_likelihood`, `propagation_terms` and `discovery_terms` (per slot,
     `log p - log q` of its decision and latents), and `truth_centres`.
   """
-  presence, ids, z_where, kept, found, log_lik, terms = jax.device_get(
-      _apdr_frame_terms(model_config, params, jnp.asarray(sequences)))
+  f = jax.device_get(_apdr_modes(model_config, params,
+                                 jnp.asarray(sequences), False))
+  centres = tracking.box_centres(_boxes(model_config, f.z_where)).reshape(
+      f.z_where.shape[:-1] + (2,))
+  rounded = lambda values: [round(float(v), 2) for v in values]
   n = model_config.num_slots
-  size = model_config.air.canvas_size
   table = []
   for i in range(sequences.shape[0]):
     frames = []
     for t in range(sequences.shape[1]):
-      objects = [{"id": int(ids[i, t, k]), "scale": round(float(z_where[i, t, k, 0]), 3),
-                  "centre": [round(float((z_where[i, t, k, j] + 1) * size / 2), 2)
-                             for j in (1, 2)]}
-                 for k in range(n) if presence[i, t, k] > 0.5]
-      frame = dict(propagated=int(kept[i, t]), discovered=int(found[i, t]),
-                   objects=objects,
-                   log_likelihood=round(float(log_lik[i, t]), 2),
-                   propagation_terms=[round(float(v), 2) for v in terms[i, t, :n]],
-                   discovery_terms=[round(float(v), 2)
-                                    for v in terms[i, t, n:2 * n]])
+      objects = [{"id": int(f.ids[i, t, k]),
+                  "scale": round(float(f.z_where[i, t, k, 0]), 3),
+                  "centre": rounded(centres[i, t, k])}
+                 for k in range(n) if f.presence[i, t, k] > 0.5]
+      frame = dict(propagated=int(f.num_propagated[i, t]),
+                   discovered=int(f.num_discovered[i, t]), objects=objects,
+                   log_likelihood=round(float(f.log_likelihood[i, t]), 2),
+                   propagation_terms=rounded(f.terms[i, t, :n]),
+                   discovery_terms=rounded(f.terms[i, t, n:2 * n]))
       if truth is not None:
-        frame["truth_centres"] = [
-            [round(float((b[0] + b[2]) / 2), 2), round(float((b[1] + b[3]) / 2), 2)]
-            for b, p in zip(truth["boxes"][i, t], truth["presence"][i, t]) if p]
+        present = np.asarray(truth["presence"][i, t]) > 0
+        frame["truth_centres"] = [rounded(c) for c in tracking.box_centres(
+            np.asarray(truth["boxes"][i, t])[present])]
       frames.append(frame)
     table.append(frames)
   return table

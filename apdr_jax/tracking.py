@@ -78,12 +78,12 @@ def box_centre_distance(boxes_a: np.ndarray,
   Returns:
     `[A, B]` float64 distances in pixels.
   """
-  centre_a = _centres(boxes_a)[:, None, :]
-  centre_b = _centres(boxes_b)[None, :, :]
+  centre_a = box_centres(boxes_a)[:, None, :]
+  centre_b = box_centres(boxes_b)[None, :, :]
   return np.sqrt(((centre_a - centre_b) ** 2).sum(-1))
 
 
-def _centres(boxes):
+def box_centres(boxes):
   """`[K, 2]` float64 (x, y) centres of `[K, 4]` boxes."""
   boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
   return (boxes[:, :2] + boxes[:, 2:]) / 2.0

@@ -30,11 +30,11 @@ def get_config():
   config.eval_batch_size = 50
   config.final_iwae_samples = 20
   config.final_eval_scenes = 200
+  config.model.image_rank = 128  # as configs/air_multi_mnist.py (faster)
   # Forgetting costs -log(1e-4) = 9.2 nats at first (SQAIR's code starts its
   # prior at sigmoid(10)); with 0.95 (3 nats) the prior soon learned to
   # expect deaths on data that has none. Propagated locations start with a
   # std of 0.03 (0.75 px) instead of 0.1 (2.5 px): see `apdr.APDRConfig`.
-  config.model.image_rank = 128  # as configs/air_multi_mnist.py (faster)
   config.apdr.prior_survival_init = 0.9999
   config.apdr.transition_scale_init = 0.03
   return config
