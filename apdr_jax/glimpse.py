@@ -29,7 +29,7 @@ import jax.numpy as jnp
 Method = Literal["separable", "gather"]
 
 
-def _pixel_centres(size: int) -> jax.Array:
+def pixel_centres(size: int) -> jax.Array:
   """Normalised coordinates of the pixel centres of an axis, `[size]`."""
   return (2.0 * jnp.arange(size, dtype=jnp.float32) + 1.0) / size - 1.0
 
@@ -61,7 +61,7 @@ def _glimpse_sample_positions(z_where: jax.Array, glimpse_size: int,
     (rows `[..., g]`, cols `[..., g]`).
   """
   scale, x, y = z_where[..., 0:1], z_where[..., 1:2], z_where[..., 2:3]
-  centres = _pixel_centres(glimpse_size)
+  centres = pixel_centres(glimpse_size)
   rows = _to_pixel_index(centres / scale + y, height)
   cols = _to_pixel_index(centres / scale + x, width)
   return rows, cols
@@ -121,8 +121,8 @@ def _render_matrices(z_where: jax.Array, glimpse_size: int, height: int,
     (rows `[..., H]`, cols `[..., W]`), fractional glimpse pixel indices.
   """
   scale, x, y = z_where[..., 0:1], z_where[..., 1:2], z_where[..., 2:3]
-  rows = _to_pixel_index(scale * (_pixel_centres(height) - y), glimpse_size)
-  cols = _to_pixel_index(scale * (_pixel_centres(width) - x), glimpse_size)
+  rows = _to_pixel_index(scale * (pixel_centres(height) - y), glimpse_size)
+  cols = _to_pixel_index(scale * (pixel_centres(width) - x), glimpse_size)
   return rows, cols
 
 

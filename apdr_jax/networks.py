@@ -98,18 +98,22 @@ class GaussianHead(nn.Module):
 
   `loc = offset + Dense(x)` and `scale = softplus(Dense(x) + scale_bias)`, with
   small output weights so that training starts from `(offset, softplus(scale_bias))`.
+  With `zero_loc` the loc's output weights start at zero, so that `loc` starts
+  at `offset` exactly (a residual that training grows).
   """
   size: int
   hidden_sizes: Sequence[int] = ()
   scale_bias: float = 0.0
   min_scale: float = 1e-3
+  zero_loc: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array, offset: jax.Array | float = 0.0):
     for size in self.hidden_sizes:
       x = nn.relu(nn.Dense(size)(x))
     small = nn.initializers.variance_scaling(0.01, "fan_in", "truncated_normal")
-    loc = nn.Dense(self.size, kernel_init=small, name="loc")(x) + offset
+    loc_init = nn.initializers.zeros if self.zero_loc else small
+    loc = nn.Dense(self.size, kernel_init=loc_init, name="loc")(x) + offset
     raw_scale = nn.Dense(self.size, kernel_init=small,
                          bias_init=nn.initializers.constant(self.scale_bias),
                          name="scale")(x)

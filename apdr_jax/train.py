@@ -261,7 +261,12 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
                      baseline=widen(out.baseline))
   surrogate = _surrogate(config, out, nvil_state)
   frames = out.frames
+  # Mean survival probabilities over the decisions taken (objects of the
+  # previous frame): a collapse of tracking shows here first.
+  decisions = jnp.maximum((frames.prior_survival > 0).sum(), 1)
   metrics = dict(
+      q_survival=frames.q_survival.sum() / decisions,
+      prior_survival=frames.prior_survival.sum() / decisions,
       loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
       log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
       baseline_loss=surrogate.baseline_loss,

@@ -28,6 +28,10 @@ def get_config():
   # frame was cheaper than tracking with an untrained propagation network,
   # and training learnt to propagate nothing (0.03 objects per frame).
   config.survival_warmup_steps = 1_000
+  # q's survival head gets no gradient under the warm-up's floor: start it
+  # at the floor, so that lifting the floor does not start forgetting 5% of
+  # the objects per frame at once.
+  config.apdr.survival_init = 0.999
   config.eval_every = 500
   config.checkpoint_every = 500
   return config

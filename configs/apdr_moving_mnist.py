@@ -37,4 +37,6 @@ def get_config():
   # std of 0.03 (0.75 px) instead of 0.1 (2.5 px): see `apdr.APDRConfig`.
   config.apdr.prior_survival_init = 0.9999
   config.apdr.transition_scale_init = 0.03
+  # q's propagated latents start narrower (0.25 px), see apdr.APDRConfig.
+  config.apdr.posterior_scale_init = 0.01
   return config

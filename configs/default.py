@@ -58,12 +58,22 @@ def get_config() -> ml_collections.ConfigDict:
   config.apdr.survival_init = 0.95  # q's initial survival probability
   config.apdr.prior_survival_init = 0.0  # the prior's; 0 = survival_init
   config.apdr.transition_scale_init = 0.1
+  config.apdr.posterior_scale_init = 0.0  # q's propagation std; 0 = the above
+  config.apdr.zero_init_transitions = True  # see apdr.APDRConfig
   config.apdr.discovery_input = "residual"  # or 'image' (see apdr.APDRConfig)
   # 'prior' (q looks where the object's prior predicts it) or 'previous'.
   config.apdr.propagation_glimpse = "prior"
   # The prior's z_where mean starts from the previous location plus the
   # object's last move (see apdr.APDRConfig.constant_velocity).
   config.apdr.constant_velocity = True
+  # Mean-shift steps that move q's anchor onto the object's ink before it
+  # looks (see apdr.APDRConfig.ink_tracking_steps; 0 = off), and the window.
+  config.apdr.ink_tracking_steps = 2
+  config.apdr.ink_window = 1.0
+  config.apdr.ink_fit_steps = 2  # then least-squares steps of scale and position
+  # Discovery sees clip(frame - residual_gain * propagated rendering, 0, 1)
+  # (see apdr.APDRConfig.residual_gain).
+  config.apdr.residual_gain = 2.0
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0

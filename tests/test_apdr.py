@@ -13,6 +13,7 @@ import pytest
 
 from apdr_jax import air
 from apdr_jax import apdr
+from apdr_jax import glimpse
 from apdr_jax import networks
 from apdr_jax import objectives
 
@@ -538,3 +539,119 @@ def test_predict_rolls_the_prior_forward(params):
   chex.assert_shape(out["canvas"], (2, 3, 16, 16))
   # Both objects survive under the prior and keep their ids.
   np.testing.assert_array_equal(out["ids"], np.broadcast_to([0, 1], (2, 3, 2)))
+
+
+# --- Ink tracking (mean shift of q's anchor) ---------------------------------
+INK_AIR = air.AIRConfig(canvas_size=32, num_slots=3, glimpse_size=10,
+                        z_what_dim=3, lstm_size=12, mlp_size=10, context_dim=8)
+INK = apdr.APDRConfig(air=INK_AIR, hidden_size=10, relation_size=8,
+                      ink_tracking_steps=2, ink_fit_steps=2)
+
+
+def _l_shaped_decoder(params):
+  """The decoder draws the same off-centre 'L' for every z_what, so that the
+  template's centroid is not its box centre."""
+  pattern = np.full((10, 10), 1e-3)
+  pattern[1:8, 1:3] = 0.999  # the upright stroke, left of centre
+  pattern[6:8, 1:7] = 0.999  # the foot, below centre
+  params = jax.tree.map(lambda x: x, params)
+  last = sorted(k for k in params["air"]["decoder"] if k.startswith("Dense"))[-1]
+  dense = params["air"]["decoder"][last]
+  params["air"]["decoder"][last] = {
+      "kernel": jnp.zeros_like(dense["kernel"]),
+      "bias": jnp.asarray(np.log(pattern / (1 - pattern)).reshape(-1),
+                          jnp.float32)}
+  return params, jnp.asarray(pattern, jnp.float32)
+
+
+def _objects(config, params, z_where, presence):
+  carry = apdr.initial_carry(config, params, z_where.shape[0])
+  return carry.objects._replace(z_where=z_where, presence=presence)
+
+
+def test_ink_moments_against_a_direct_computation():
+  patch = np.zeros((4, 2), np.float32)
+  patch[0, 1] = 1.0  # pixel centres are +-0.25, +-0.75 in y, +-0.5 in x
+  patch[2, 1] = 3.0
+  patch[3, 0] = 2.0
+  points = [(0.5, -0.75, 1.0), (0.5, 0.25, 3.0), (-0.5, 0.75, 2.0)]
+  mass = sum(w for _, _, w in points)
+  mean_x = sum(x * w for x, _, w in points) / mass
+  mean_y = sum(y * w for _, y, w in points) / mass
+  spread = math.sqrt(sum(((x - mean_x) ** 2 + (y - mean_y) ** 2) * w
+                         for x, y, w in points) / mass)
+  centre, got_spread, got_mass = apdr.ink_moments(jnp.asarray(patch))
+  np.testing.assert_allclose(centre, [mean_x, mean_y], atol=1e-6)
+  np.testing.assert_allclose([got_spread, got_mass], [spread, mass], rtol=1e-5)
+  empty = apdr.ink_moments(jnp.zeros((4, 4)))
+  np.testing.assert_array_equal(jnp.concatenate([empty[0], empty[1][None]]),
+                                [0.0, 0.0, 0.0])
+
+
+def test_ink_anchor_moves_each_anchor_onto_its_own_digit():
+  """Two digits drawn where they moved to (2.4-3.8 px from their anchors) and
+  a third slot absent, the second digit also larger than its anchor's box:
+  mean shift and the least-squares fit find both, position and scale, with
+  each window's view of the other digit taken out, and leave the absent
+  slot's anchor as it was."""
+  params, template = _l_shaped_decoder(apdr.init_params(INK, jax.random.key(0)))
+  anchor = jnp.array([[[2.5, -0.35, -0.3], [2.5, 0.3, 0.3], [2.5, 0.0, 0.0]]])
+  true_where = anchor + jnp.array([[[0.0, 0.2, -0.15], [0.0, -0.12, 0.2],
+                                    [0.0, 0.0, 0.0]]])
+  true_where = true_where.at[0, 1, 0].set(2.3)  # the second digit grew 9%
+  presence = jnp.array([[1.0, 1.0, 0.0]])
+  image = glimpse.render_sum(jnp.broadcast_to(template, (1, 3, 10, 10)),
+                             true_where, presence, 32, 32)
+  objects = _objects(INK, params, anchor, presence)
+  moved = apdr.ink_anchor(INK, params, image, objects, anchor)
+  np.testing.assert_allclose(moved[0, :2, 1:], true_where[0, :2, 1:],
+                             atol=0.01)
+  np.testing.assert_allclose(moved[0, :2, 0], true_where[0, :2, 0], atol=0.03)
+  np.testing.assert_array_equal(moved[0, 2], anchor[0, 2])
+  # Off: the anchor is returned as it is.
+  off = dataclasses.replace(INK, ink_tracking_steps=0, ink_fit_steps=0)
+  np.testing.assert_array_equal(
+      apdr.ink_anchor(off, params, image, objects, anchor), anchor)
+
+
+def test_ink_anchor_stays_put_without_ink_and_is_differentiable():
+  params, _ = _l_shaped_decoder(apdr.init_params(INK, jax.random.key(0)))
+  anchor = jnp.array([[[2.5, -0.35, -0.3], [2.5, 0.3, 0.3], [2.5, 0.0, 0.0]]])
+  presence = jnp.array([[1.0, 0.0, 0.0]])
+  objects = _objects(INK, params, anchor, presence)
+  moved = apdr.ink_anchor(INK, params, jnp.zeros((1, 32, 32)), objects, anchor)
+  np.testing.assert_array_equal(moved, anchor)
+  image = jnp.zeros((1, 32, 32)).at[0, 8:14, 9:12].set(1.0)
+  grad = jax.grad(lambda w: apdr.ink_anchor(
+      INK, params, image, objects._replace(z_where=w), w)[0, 0, 1:].sum())(
+          anchor)
+  chex.assert_tree_all_finite(grad)
+
+
+def test_propagation_follows_a_moved_digit_with_ink_tracking():
+  """q's mode, with zero learned offsets, lands on the digit where it moved
+  to with ink tracking, and stays at the prior's prediction without it."""
+  config = dataclasses.replace(INK, propagation_glimpse="prior")
+  params, template = _l_shaped_decoder(_hand_wired_params(config))
+  where = jnp.array([[[2.5, -0.2, 0.1], [2.5, 0.0, 0.0], [2.5, 0.0, 0.0]]])
+  moved_to = where + jnp.array([[[0.0, 0.1, 0.05], [0.0] * 3, [0.0] * 3]])
+  presence = jnp.array([[1.0, 0.0, 0.0]])
+  image = glimpse.render_sum(jnp.broadcast_to(template, (1, 3, 10, 10)),
+                             moved_to, presence, 32, 32)
+  carry = apdr.initial_carry(config, params, 1)
+  carry = carry._replace(objects=carry.objects._replace(
+      z_where=where, presence=presence,
+      ids=jnp.array([[0, -1, -1]], jnp.int32)))
+  for steps, expected in ((2, moved_to), (0, where)):
+    c = dataclasses.replace(config, ink_tracking_steps=steps,
+                            ink_fit_steps=steps)
+    prop = apdr.propagate(c, params, image, carry, carry.temporal,
+                          jax.random.key(0), deterministic=True)
+    np.testing.assert_allclose(prop.z_where[0, 0], expected[0, 0], atol=0.01)
+
+
+def test_ink_tracking_config_is_validated():
+  with pytest.raises(ValueError, match="ink_tracking_steps"):
+    dataclasses.replace(INK, ink_tracking_steps=-1)
+  with pytest.raises(ValueError, match="ink_window"):
+    dataclasses.replace(INK, ink_window=0.8)
