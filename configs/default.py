@@ -71,6 +71,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.apdr.ink_tracking_steps = 2
   config.apdr.ink_window = 1.0
   config.apdr.ink_fit_steps = 2  # then least-squares steps of scale and position
+  # Differentiate through the anchor's fit (exact, 2.7x slower) or not.
+  config.apdr.ink_gradient = False
   # Discovery sees clip(frame - residual_gain * propagated rendering, 0, 1)
   # (see apdr.APDRConfig.residual_gain).
   config.apdr.residual_gain = 2.0

@@ -655,3 +655,91 @@ def test_ink_tracking_config_is_validated():
     dataclasses.replace(INK, ink_tracking_steps=-1)
   with pytest.raises(ValueError, match="ink_window"):
     dataclasses.replace(INK, ink_window=0.8)
+
+
+def test_residual_gain_hides_a_faint_drawing_of_a_tracked_digit():
+  """The decoder draws 0.5 where the data has 1: with gain 1 the residual
+  keeps a faint copy of the propagated digit and discovery finds it again;
+  with gain 2 it is hidden and the digit is one object. (From frame 2 on,
+  both of TINY's two slots are taken, so nothing more can be found.)"""
+  for gain, found in ((1.0, [1, 1, 0]), (2.0, [1, 0, 0])):
+    config = dataclasses.replace(TINY, residual_gain=gain)
+    params = _hand_wired_params(config)
+    params["air"]["decoder"]["Dense_1"]["bias"] = jnp.zeros_like(
+        params["air"]["decoder"]["Dense_1"]["bias"])  # sigmoid(0) = 0.5
+    counts, _, num_found, _ = _decompose(config, params,
+                                         _centre_square([0, 1, 2], 3))
+    np.testing.assert_array_equal(num_found, found)
+    np.testing.assert_array_equal(counts, np.cumsum(found))
+
+
+def test_zero_initialised_transitions_start_at_the_previous_latents():
+  """At initialisation q's propagated modes and the prior's means are the
+  anchor and the previous z_what exactly, and q's std is
+  `posterior_scale_init` (the prior's `transition_scale_init`)."""
+  config = dataclasses.replace(TINY, zero_init_transitions=True,
+                               posterior_scale_init=0.01,
+                               transition_scale_init=0.05,
+                               propagation_glimpse="prior")
+  params = apdr.init_params(config, jax.random.key(3))
+  carry = apdr.initial_carry(config, params, 2)
+  where = jnp.array([[2.5, 0.1, -0.2], [2.4, -0.3, 0.2]])[:, None].repeat(2, 1)
+  what = jax.random.normal(jax.random.key(4), (2, 2, TINY_AIR.z_what_dim))
+  carry = carry._replace(objects=carry.objects._replace(
+      z_where=where, z_what=what, presence=jnp.ones((2, 2)),
+      ids=jnp.array([[0, 1], [0, 1]], jnp.int32)))
+  image = _sequences(2, 1)[:, 0]
+  prop = apdr.propagate(config, params, image, carry, carry.temporal,
+                        jax.random.key(0), deterministic=True)
+  np.testing.assert_allclose(prop.z_where, where, atol=1e-6)
+  np.testing.assert_allclose(prop.z_what, what, atol=1e-6)
+  hidden = jnp.ones((2, config.hidden_size))
+  _, (loc, scale) = apdr._call(config, params, apdr.APDRNetworks.prop_heads,
+                               hidden, where[:, 0])
+  np.testing.assert_allclose(loc, where[:, 0], atol=1e-6)
+  np.testing.assert_allclose(scale, 0.01, rtol=0.1)
+  _, (p_loc, p_scale), (w_loc, w_scale) = apdr._call(
+      config, params, apdr.APDRNetworks.prior_heads, hidden, where[:, 0],
+      what[:, 0])
+  np.testing.assert_allclose(p_loc, where[:, 0], atol=1e-6)
+  np.testing.assert_allclose(w_loc, what[:, 0], atol=1e-6)
+  np.testing.assert_allclose(p_scale, 0.05, rtol=0.1)
+  # Without it the corrections start random.
+  random = apdr.init_params(dataclasses.replace(config,
+                                                zero_init_transitions=False),
+                            jax.random.key(3))
+  _, (p_loc, _), _ = apdr._call(config, random, apdr.APDRNetworks.prior_heads,
+                                hidden, where[:, 0], what[:, 0])
+  assert np.abs(np.asarray(p_loc - where[:, 0])).max() > 1e-4
+
+
+@pytest.mark.parametrize("ink_gradient", [False, True])
+def test_ink_anchor_gradient_is_optional(ink_gradient):
+  """With zero-initialised corrections q's propagated mode is the anchor:
+  its derivative by the previous location is 0 when the anchor is held
+  constant, and flows through the fit with `ink_gradient`."""
+  config = dataclasses.replace(INK, propagation_glimpse="prior",
+                               zero_init_transitions=True,
+                               ink_gradient=ink_gradient)
+  params, template = _l_shaped_decoder(apdr.init_params(config,
+                                                        jax.random.key(0)))
+  where = jnp.array([[[2.5, -0.2, 0.1], [2.5, 0.0, 0.0], [2.5, 0.0, 0.0]]])
+  presence = jnp.array([[1.0, 0.0, 0.0]])
+  image = glimpse.render_sum(
+      jnp.broadcast_to(template, (1, 3, 10, 10)),
+      where + jnp.array([0.0, 0.1, 0.05]), presence, 32, 32)
+  carry = apdr.initial_carry(config, params, 1)
+
+  def mode_x(z_where):
+    c = carry._replace(objects=carry.objects._replace(
+        z_where=z_where, presence=presence,
+        ids=jnp.array([[0, -1, -1]], jnp.int32)))
+    return apdr.propagate(config, params, image, c, c.temporal,
+                          jax.random.key(0), deterministic=True).z_where[0, 0, 1]
+
+  grad = jax.grad(mode_x)(where)
+  chex.assert_tree_all_finite(grad)
+  if ink_gradient:
+    assert np.abs(np.asarray(grad)).max() > 1e-3
+  else:
+    np.testing.assert_array_equal(grad, 0.0)
