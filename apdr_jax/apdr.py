@@ -103,6 +103,10 @@ class APDRConfig:
     ink_gradient: differentiate through `ink_anchor` (exact pathwise
       gradient) instead of treating the anchor as a constant (see
       `propagate`).
+    propagation_input: what q's propagation glimpses read: "image", the
+      frame, or "residual", the frame minus `residual_gain` times what the
+      objects propagated before this one drew, so that a duplicate of an
+      earlier object sees its ink explained away and can be forgotten.
     residual_gain: with `discovery_input="residual"`, discovery sees
       `clip(frame - residual_gain * propagated rendering, 0, 1)`. The
       decoder draws strokes fainter than the data (about 0.7 for 1), so with
@@ -127,12 +131,16 @@ class APDRConfig:
   ink_window: float = 1.0
   ink_fit_steps: int = 0
   ink_gradient: bool = False
+  propagation_input: str = "image"
   residual_gain: float = 1.0
 
   def __post_init__(self):
     if self.discovery_input not in ("residual", "image"):
       raise ValueError(f"discovery_input={self.discovery_input!r}; use "
                        "'residual' or 'image'")
+    if self.propagation_input not in ("image", "residual"):
+      raise ValueError(f"propagation_input={self.propagation_input!r}; use "
+                       "'image' or 'residual'")
     if self.propagation_glimpse not in ("prior", "previous"):
       raise ValueError(
           f"propagation_glimpse={self.propagation_glimpse!r}; use 'prior' or "
@@ -434,17 +442,31 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
       # so its derivative by the previous latents is near 0; differentiating
       # through the fit made a training step 2.7 times slower (measured).
       anchor = jax.lax.stop_gradient(anchor)
-  # The glimpse around each anchor does not depend on the other objects:
-  # extract and encode all of them before the sequential scan.
-  tile = lambda x: jnp.repeat(x, n, axis=0)
-  patches = glimpse.extract(tile(image), anchor.reshape(batch * n, 3),
-                            a.glimpse_size, a.extract_method)
-  features = call(APDRNetworks.glimpse_features,
-                  patches.reshape(batch * n, -1)).reshape(batch, n, -1)
+  explain_away = config.propagation_input == "residual"
+  if explain_away:
+    features = jnp.zeros((batch, n, 0))  # computed inside the scan
+  else:
+    # The glimpse around each anchor does not depend on the other objects:
+    # extract and encode all of them before the sequential scan.
+    tile = lambda x: jnp.repeat(x, n, axis=0)
+    patches = glimpse.extract(tile(image), anchor.reshape(batch * n, 3),
+                              a.glimpse_size, a.extract_method)
+    features = call(APDRNetworks.glimpse_features,
+                    patches.reshape(batch * n, -1)).reshape(batch, n, -1)
 
-  def step(relation, inputs):
+  def step(scan_carry, inputs):
+    relation, canvas = scan_carry
     feat, where_anchor, what_prev, prior_hidden, active, key = inputs
     where_key, what_key, presence_key = jax.random.split(key, 3)
+    # With "residual", object i looks at the frame minus what objects < i
+    # drew (as discovery does), so a duplicate of an earlier object sees
+    # the ink already explained away.
+    seen = (jnp.clip(image - config.residual_gain * canvas, 0.0, 1.0)
+            if explain_away else image)
+    if explain_away:
+      feat = call(APDRNetworks.glimpse_features, glimpse.extract(
+          seen, where_anchor, a.glimpse_size, a.extract_method).reshape(
+              batch, -1))
     hidden = call(APDRNetworks.prop_hidden, feat, where_anchor, what_prev,
                   temporal.hidden, relation.hidden, prior_hidden)
     raw_prob, (where_loc, where_scale) = call(APDRNetworks.prop_heads, hidden,
@@ -453,7 +475,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     presence, z_where = air.sample_presence_and_where(
         presence_key, where_key, prob, where_loc, where_scale, active,
         deterministic)
-    patch = glimpse.extract(image, z_where, a.glimpse_size, a.extract_method)
+    patch = glimpse.extract(seen, z_where, a.glimpse_size, a.extract_method)
     what_loc, what_scale = call(APDRNetworks.prop_encode,
                                 patch.reshape(batch, -1), hidden, what_prev)
     z_what = what_loc if deterministic else dist.normal_sample(
@@ -469,13 +491,17 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
         lambda new, old: jnp.where(active[:, None] > 0, new, old),
         new_relation, relation)
     baseline = call(APDRNetworks.prop_baseline_value, hidden)
-    return relation, (z_where, z_what, presence, log_q_presence, log_q_z,
-                      baseline, raw_prob)
+    if explain_away:
+      drawn = glimpse.render(air.decode(a, params["air"], z_what), z_where,
+                             a.canvas_size, a.canvas_size, a.render_method)
+      canvas = canvas + presence[:, None, None] * drawn
+    return (relation, canvas), (z_where, z_what, presence, log_q_presence,
+                                log_q_z, baseline, raw_prob)
 
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   relation0 = call(APDRNetworks.relation_initial, batch)
-  relation, outputs = jax.lax.scan(
-      step, relation0,
+  (relation, _), outputs = jax.lax.scan(
+      step, (relation0, jnp.zeros_like(image)),
       (swap(features), swap(anchor), swap(prev.z_what),
        swap(prior_state.hidden), swap(prev.presence), jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline, q_survival = (

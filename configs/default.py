@@ -76,6 +76,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Discovery sees clip(frame - residual_gain * propagated rendering, 0, 1)
   # (see apdr.APDRConfig.residual_gain).
   config.apdr.residual_gain = 2.0
+  # What propagation glimpses read: 'image' or 'residual' (the frame minus
+  # the objects propagated before; see apdr.APDRConfig.propagation_input).
+  config.apdr.propagation_input = "image"
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0

@@ -743,3 +743,28 @@ def test_ink_anchor_gradient_is_optional(ink_gradient):
     assert np.abs(np.asarray(grad)).max() > 1e-3
   else:
     np.testing.assert_array_equal(grad, 0.0)
+
+
+@pytest.mark.parametrize("propagation_input, kept", [("image", [1, 1]),
+                                                      ("residual", [1, 0])])
+def test_a_duplicate_sees_its_ink_explained_away(propagation_input, kept):
+  """Two objects tracked on the same square: with "residual" the second
+  one's glimpse shows the frame minus the first one's drawing, which is
+  empty, and the hand-wired survival (ink in the glimpse) forgets it."""
+  config = dataclasses.replace(TINY, propagation_input=propagation_input,
+                               residual_gain=2.0)
+  params = _hand_wired_params(config)
+  carry = apdr.initial_carry(config, params, 1)
+  centre = jnp.array([[[2.5, 0.0, 0.0], [2.5, 0.0, 0.0]]])
+  carry = carry._replace(objects=carry.objects._replace(
+      z_where=centre, presence=jnp.ones((1, 2)),
+      ids=jnp.array([[0, 1]], jnp.int32)))
+  image = _centre_square([0], 1)[:, 0]
+  prop = apdr.propagate(config, params, image, carry, carry.temporal,
+                        jax.random.key(0), deterministic=True)
+  np.testing.assert_array_equal(prop.presence[0], kept)
+
+
+def test_propagation_input_is_validated():
+  with pytest.raises(ValueError, match="propagation_input"):
+    dataclasses.replace(TINY, propagation_input="canvas")
