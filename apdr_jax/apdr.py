@@ -97,9 +97,11 @@ class APDRConfig:
     ink_fit_steps: Levenberg-Marquardt steps that then fit the anchor's
       scale and position to that ink by least squares. With positions
       tracked but not scales, boxes grew 13% in 9 frames; matching the
-      ink's spread instead let a neighbouring digit's ink inflate boxes by
-      30% in one frame (both measured).
-    ink_window: the mean-shift window's side relative to the object's box.
+      ink's spread (its RMS distance from the centroid) instead let a
+      neighbouring digit's ink inflate boxes by 30% in one frame (both
+      measured).
+    ink_window: the side of the window that both kinds of steps read,
+      relative to the object's box.
     ink_gradient: differentiate through `ink_anchor` (exact pathwise
       gradient) instead of treating the anchor as a constant (see
       `propagate`).
@@ -111,8 +113,8 @@ class APDRConfig:
       `clip(frame - residual_gain * propagated rendering, 0, 1)`. The
       decoder draws strokes fainter than the data (about 0.7 for 1), so with
       1 a tracked digit left a faint copy of itself, and the AIR-trained
-      discovery found it again in 45% of one-digit sequences at frame 1
-      (measured); 3 hides the ink under propagated strokes.
+      discovery found it again in 45% of one-digit sequences at frame 1;
+      with 2 (the configs) it found none (measured).
   """
   air: air.AIRConfig
   hidden_size: int = 256
@@ -516,31 +518,23 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
                     q_survival * active, survival * active)
 
 
-def ink_moments(images: jax.Array):
-  """The intensity-weighted mean position and spread, in image coordinates.
+def ink_centroid(images: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """The intensity-weighted mean position, in normalised image coordinates.
 
   Args:
     images: `[..., H, W]` non-negative intensities (rows are `y`).
 
   Returns:
-    `(centroid [..., 2] as (x, y), spread [...], mass [...])`: the spread is
-    the root mean squared distance from the centroid. Where the mass is below
-    1e-3 the centroid and spread are 0.
+    `(centroid [..., 2] as (x, y), mass [...])`; the centroid is 0 where the
+    mass is below 1e-3.
   """
   height, width = images.shape[-2:]
-  xs, ys = glimpse.pixel_centres(width), glimpse.pixel_centres(height)
   mass = images.sum((-2, -1))
-  has_ink = mass > 1e-3
   safe = jnp.maximum(mass, 1e-3)
-  by_col, by_row = images.sum(-2), images.sum(-1)
-  x = (by_col * xs).sum(-1) / safe
-  y = (by_row * ys).sum(-1) / safe
-  square = ((by_col * xs ** 2).sum(-1) + (by_row * ys ** 2).sum(-1)) / safe
-  variance = jnp.maximum(square - x ** 2 - y ** 2, 0.0)
-  # sqrt has an infinite derivative at 0: keep it away from the masked case.
-  spread = jnp.sqrt(jnp.where(has_ink, variance, 1.0)) * has_ink
-  centroid = jnp.stack([x, y], -1) * has_ink[..., None]
-  return centroid, spread, mass
+  x = (images.sum(-2) * glimpse.pixel_centres(width)).sum(-1) / safe
+  y = (images.sum(-1) * glimpse.pixel_centres(height)).sum(-1) / safe
+  centroid = jnp.stack([x, y], -1)
+  return jnp.where(mass[..., None] > 1e-3, centroid, 0.0), mass
 
 
 def _window(z_where: jax.Array, size: float, height: int,
@@ -576,8 +570,8 @@ def _centroid_step(config, templates, image, presence, anchor):
   height, width = image.shape[-2:]
   drawn = _draw_all(config, templates, anchor, presence, height, width)
   window = _window(anchor, config.ink_window, height, width)
-  ink_centre, _, ink_mass = ink_moments(_own_ink(image, drawn) * window)
-  drawn_centre, _, drawn_mass = ink_moments(drawn * window)
+  ink_centre, ink_mass = ink_centroid(_own_ink(image, drawn) * window)
+  drawn_centre, drawn_mass = ink_centroid(drawn * window)
   found = (ink_mass > 1e-3) & (drawn_mass > 1e-3)
   shift = jnp.where(found[..., None], ink_centre - drawn_centre, 0.0)
   return anchor.at[..., 1:].add(shift)
