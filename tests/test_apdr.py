@@ -690,17 +690,24 @@ def test_zero_initialised_transitions_start_at_the_previous_latents():
                         jax.random.key(0), deterministic=True)
   np.testing.assert_allclose(prop.z_where, where, atol=1e-6)
   np.testing.assert_allclose(prop.z_what, what, atol=1e-6)
+  # Any features: the loc ignores them at first. No features: the scale is
+  # its initial value (softplus of the bias plus the 1e-3 floor).
   hidden = jnp.ones((2, config.hidden_size))
-  _, (loc, scale) = apdr._call(config, params, apdr.APDRNetworks.prop_heads,
-                               hidden, where[:, 0])
+  _, (loc, _) = apdr._call(config, params, apdr.APDRNetworks.prop_heads,
+                           hidden, where[:, 0])
   np.testing.assert_allclose(loc, where[:, 0], atol=1e-6)
-  np.testing.assert_allclose(scale, 0.01, rtol=0.1)
-  _, (p_loc, p_scale), (w_loc, w_scale) = apdr._call(
+  _, (_, scale) = apdr._call(config, params, apdr.APDRNetworks.prop_heads,
+                             jnp.zeros_like(hidden), where[:, 0])
+  np.testing.assert_allclose(scale, 0.01 + 1e-3, rtol=1e-4)
+  _, (p_loc, _), (w_loc, _) = apdr._call(
       config, params, apdr.APDRNetworks.prior_heads, hidden, where[:, 0],
       what[:, 0])
   np.testing.assert_allclose(p_loc, where[:, 0], atol=1e-6)
   np.testing.assert_allclose(w_loc, what[:, 0], atol=1e-6)
-  np.testing.assert_allclose(p_scale, 0.05, rtol=0.1)
+  _, (_, p_scale), _ = apdr._call(
+      config, params, apdr.APDRNetworks.prior_heads, jnp.zeros_like(hidden),
+      where[:, 0], what[:, 0])
+  np.testing.assert_allclose(p_scale, 0.05 + 1e-3, rtol=1e-4)
   # Without it the corrections start random.
   random = apdr.init_params(dataclasses.replace(config,
                                                 zero_init_transitions=False),
