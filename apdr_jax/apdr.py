@@ -397,6 +397,9 @@ class Propagated(NamedTuple):
   # Survival probabilities, q's (before any warm-up floor) and the prior's.
   q_survival: jax.Array | None = None
   prior_survival: jax.Array | None = None
+  # `[batch, H, W]`, every propagated object's drawing, where the scan over
+  # objects already drew it (`propagation_input="residual"`); else None.
+  canvas: jax.Array | None = None
 
 
 def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
@@ -463,8 +466,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     # With "residual", object i looks at the frame minus what objects < i
     # drew (as discovery does), so a duplicate of an earlier object sees
     # the ink already explained away.
-    seen = (jnp.clip(image - config.residual_gain * canvas, 0.0, 1.0)
-            if explain_away else image)
+    seen = (_residual(image, canvas, config.residual_gain) if explain_away
+            else image)
     if explain_away:
       feat = call(APDRNetworks.glimpse_features, glimpse.extract(
           seen, where_anchor, a.glimpse_size, a.extract_method).reshape(
@@ -502,7 +505,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
 
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   relation0 = call(APDRNetworks.relation_initial, batch)
-  (relation, _), outputs = jax.lax.scan(
+  (relation, canvas), outputs = jax.lax.scan(
       step, (relation0, jnp.zeros_like(image)),
       (swap(features), swap(anchor), swap(prev.z_what),
        swap(prior_state.hidden), swap(prev.presence), jax.random.split(rng, n)), unroll=True)
@@ -515,7 +518,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
       dist.normal_log_prob(z_what, p_what_loc, p_what_scale).sum(-1))
   return Propagated(z_where, z_what, presence, active, log_q_presence, log_q_z,
                     log_p_presence, log_p_z, baseline, relation, prior_state,
-                    q_survival * active, survival * active)
+                    q_survival * active, survival * active,
+                    canvas if explain_away else None)
 
 
 def ink_centroid(images: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -558,10 +562,15 @@ def _draw_all(config: APDRConfig, templates: jax.Array, where: jax.Array,
   return drawn.reshape(batch, n, height, width) * presence[..., None, None]
 
 
+def _residual(image: jax.Array, drawn: jax.Array,
+              gain: float = 1.0) -> jax.Array:
+  """`clip(image - gain * drawn, 0, 1)`: what a drawing leaves unexplained."""
+  return jnp.clip(image - gain * drawn, 0.0, 1.0)
+
+
 def _own_ink(image: jax.Array, drawn: jax.Array) -> jax.Array:
   """`[B, N, H, W]`: the frame with every *other* object's drawing removed."""
-  others = drawn.sum(1, keepdims=True) - drawn
-  return jnp.clip(image[:, None] - others, 0.0, 1.0)
+  return _residual(image[:, None], drawn.sum(1, keepdims=True) - drawn)
 
 
 def _centroid_step(config, templates, image, presence, anchor):
@@ -598,7 +607,7 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
   normal = jnp.einsum("bnkhw,bnlhw->bnkl", jacobian, jacobian)
   gradient = jnp.einsum("bnkhw,bnhw->bnk", jacobian, residual)
   diagonal = jnp.diagonal(normal, axis1=-2, axis2=-1)
-  normal = normal + jax.vmap(jax.vmap(jnp.diag))(damping * diagonal + 1e-6)
+  normal = normal + (damping * diagonal + 1e-6)[..., None] * jnp.eye(3)
   step = jnp.linalg.solve(normal, gradient[..., None])[..., 0]
   limit = jnp.concatenate([0.1 * anchor[..., :1],
                            jnp.full_like(anchor[..., 1:], 0.1)], -1)
@@ -766,9 +775,10 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   render = lambda z_what, z_where, presence: glimpse.render_sum(
       air.decode(a, params["air"], z_what), z_where, presence, a.canvas_size,
       a.canvas_size)
-  prop_canvas = render(prop.z_what, prop.z_where, prop.presence)
+  prop_canvas = (prop.canvas if prop.canvas is not None else
+                 render(prop.z_what, prop.z_where, prop.presence))
   if config.discovery_input == "residual":
-    seen = jnp.clip(image - config.residual_gain * prop_canvas, 0.0, 1.0)
+    seen = _residual(image, prop_canvas, config.residual_gain)
     image_gates = air.image_gates(a, params["air"], seen)
   else:
     seen = image
