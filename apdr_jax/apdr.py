@@ -115,6 +115,16 @@ class APDRConfig:
       1 a tracked digit left a faint copy of itself, and the AIR-trained
       discovery found it again in 45% of one-digit sequences at frame 1;
       with 2 (the configs) it found none (measured).
+    what_refresh: what q's propagated `z_what` is a learned residual on:
+      "previous", the object's previous `z_what`, or "encoder", the mean of
+      AIR's `z_what` encoder (shared with discovery) on the glimpse at the
+      object's new `z_where`, so that a tracked object is re-read from the
+      frame as precisely as a fresh discovery would read it. The prior's
+      transition is still centred on the previous `z_what`, so with
+      "encoder" its std must cover the frame-to-frame jitter of two samples
+      of AIR's encoder (`what_transition_scale_init`).
+    what_transition_scale_init: initial std of the prior's transition of
+      `z_what` (0 = `transition_scale_init`).
   """
   air: air.AIRConfig
   hidden_size: int = 256
@@ -135,6 +145,8 @@ class APDRConfig:
   ink_gradient: bool = False
   propagation_input: str = "image"
   residual_gain: float = 1.0
+  what_refresh: str = "previous"
+  what_transition_scale_init: float = 0.0
 
   def __post_init__(self):
     if self.discovery_input not in ("residual", "image"):
@@ -143,6 +155,9 @@ class APDRConfig:
     if self.propagation_input not in ("image", "residual"):
       raise ValueError(f"propagation_input={self.propagation_input!r}; use "
                        "'image' or 'residual'")
+    if self.what_refresh not in ("previous", "encoder"):
+      raise ValueError(f"what_refresh={self.what_refresh!r}; use "
+                       "'previous' or 'encoder'")
     if self.propagation_glimpse not in ("prior", "previous"):
       raise ValueError(
           f"propagation_glimpse={self.propagation_glimpse!r}; use 'prior' or "
@@ -158,6 +173,9 @@ class APDRConfig:
       raise ValueError(
           f"transition_scale_init={self.transition_scale_init} must be > 0 "
           f"and posterior_scale_init={self.posterior_scale_init} >= 0")
+    if self.what_transition_scale_init < 0:
+      raise ValueError(f"what_transition_scale_init="
+                       f"{self.what_transition_scale_init} must be >= 0")
     if self.residual_gain < 0:
       raise ValueError(f"residual_gain={self.residual_gain} must be >= 0")
     if self.ink_tracking_steps < 0 or self.ink_fit_steps < 0:
@@ -234,7 +252,8 @@ class APDRNetworks(nn.Module):
         3, scale_bias=_inverse_softplus(c.transition_scale_init),
         zero_loc=c.zero_init_transitions)
     self.prior_what = networks.GaussianHead(
-        a.z_what_dim, scale_bias=_inverse_softplus(c.transition_scale_init),
+        a.z_what_dim, scale_bias=_inverse_softplus(
+            c.what_transition_scale_init or c.transition_scale_init),
         zero_loc=c.zero_init_transitions)
 
   # --- temporal and prior RNNs ------------------------------------------------
@@ -280,8 +299,17 @@ class APDRNetworks(nn.Module):
     return prob, self.prop_where(hidden, z_where)
 
   def prop_encode(self, patch_flat, hidden, z_what):
-    """`z_what` (loc, scale), a residual on the object's previous `z_what`."""
-    return self.prop_what(jnp.concatenate([patch_flat, hidden], -1), z_what)
+    """`z_what` (loc, scale), a residual on the object's previous `z_what` or
+    on AIR's encoding of the glimpse (`what_refresh`)."""
+    loc, scale = self.prop_what(jnp.concatenate([patch_flat, hidden], -1),
+                                z_what)
+    if self.config.what_refresh == "encoder":
+      # The learned residual now corrects AIR's reading of the glimpse, and
+      # q is as uncertain as AIR's encoder (the decoder was trained under
+      # that noise); the head's scale output goes unused.
+      encoded_loc, scale = self.air.encode(patch_flat)
+      loc = loc - z_what + encoded_loc
+    return loc, scale
 
   def relation_initial(self, batch: int) -> networks.LSTMState:
     return self.relation_rnn.initial_state((batch,))

@@ -79,6 +79,10 @@ def get_config() -> ml_collections.ConfigDict:
   # What propagation glimpses read: 'image' or 'residual' (the frame minus
   # the objects propagated before; see apdr.APDRConfig.propagation_input).
   config.apdr.propagation_input = "image"
+  # q's propagated z_what: a residual on the previous z_what ('previous') or
+  # on AIR's encoding of the new glimpse ('encoder'; see apdr.APDRConfig).
+  config.apdr.what_refresh = "previous"
+  config.apdr.what_transition_scale_init = 0.0  # prior's z_what std; 0 = above
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0

@@ -772,3 +772,58 @@ def test_a_duplicate_sees_its_ink_explained_away(propagation_input, kept):
 def test_propagation_input_is_validated():
   with pytest.raises(ValueError, match="propagation_input"):
     dataclasses.replace(TINY, propagation_input="canvas")
+
+
+def test_what_refresh_reads_the_new_glimpse_with_the_air_encoder():
+  """With `what_refresh="encoder"` and zero-initialised corrections, q's
+  propagated z_what is AIR's encoding of the glimpse at the object's new
+  z_where, with AIR's std, whatever the previous z_what was; the prior's
+  transition std starts at `what_transition_scale_init`."""
+  config = dataclasses.replace(TINY, zero_init_transitions=True,
+                               what_refresh="encoder",
+                               what_transition_scale_init=0.7,
+                               transition_scale_init=0.05)
+  params = apdr.init_params(config, jax.random.key(3))
+  carry = apdr.initial_carry(config, params, 2)
+  where = jnp.array([[2.5, 0.1, -0.2], [2.4, -0.3, 0.2]])[:, None].repeat(2, 1)
+  image = _sequences(2, 1)[:, 0]
+
+  def mode(what):
+    c = carry._replace(objects=carry.objects._replace(
+        z_where=where, z_what=what, presence=jnp.ones((2, 2)),
+        ids=jnp.array([[0, 1], [0, 1]], jnp.int32)))
+    return apdr.propagate(config, params, image, c, c.temporal,
+                          jax.random.key(0), deterministic=True)
+
+  what = jax.random.normal(jax.random.key(4), (2, 2, TINY_AIR.z_what_dim))
+  prop = mode(what)
+  flat = lambda x: x.reshape(4, *x.shape[2:])
+  patches = glimpse.extract(jnp.repeat(image, 2, axis=0), flat(prop.z_where),
+                            TINY_AIR.glimpse_size, TINY_AIR.extract_method)
+  loc, scale = air._call(TINY_AIR, params["air"], air.AIRNetworks.encode,
+                         patches.reshape(4, -1))
+  np.testing.assert_allclose(flat(prop.z_what), loc, atol=1e-5)
+  np.testing.assert_allclose(mode(what + 1.0).z_what, prop.z_what, atol=1e-5)
+  hidden = jnp.zeros((4, config.hidden_size))
+  _, std = apdr._call(config, params, apdr.APDRNetworks.prop_encode,
+                      patches.reshape(4, -1), hidden, flat(what))
+  np.testing.assert_allclose(std, scale, rtol=1e-6)
+  _, _, (_, what_std) = apdr._call(
+      config, params, apdr.APDRNetworks.prior_heads, hidden, flat(where),
+      flat(what))
+  np.testing.assert_allclose(what_std, 0.7 + 1e-3, rtol=1e-4)
+  # "previous" keeps the previous z_what instead.
+  previous = dataclasses.replace(config, what_refresh="previous")
+  kept = apdr.propagate(previous, params, image, carry._replace(
+      objects=carry.objects._replace(
+          z_where=where, z_what=what, presence=jnp.ones((2, 2)),
+          ids=jnp.array([[0, 1], [0, 1]], jnp.int32))), carry.temporal,
+      jax.random.key(0), deterministic=True)
+  np.testing.assert_allclose(kept.z_what, what, atol=1e-6)
+
+
+def test_what_refresh_config_is_validated():
+  with pytest.raises(ValueError, match="what_refresh"):
+    dataclasses.replace(TINY, what_refresh="air")
+  with pytest.raises(ValueError, match="what_transition_scale_init"):
+    dataclasses.replace(TINY, what_transition_scale_init=-0.1)
