@@ -301,15 +301,15 @@ class APDRNetworks(nn.Module):
   def prop_encode(self, patch_flat, hidden, z_what):
     """`z_what` (loc, scale), a residual on the object's previous `z_what` or
     on AIR's encoding of the glimpse (`what_refresh`)."""
-    loc, scale = self.prop_what(jnp.concatenate([patch_flat, hidden], -1),
-                                z_what)
-    if self.config.what_refresh == "encoder":
-      # The learned residual now corrects AIR's reading of the glimpse, and
-      # q is as uncertain as AIR's encoder (the decoder was trained under
-      # that noise); the head's scale output goes unused.
-      encoded_loc, scale = self.air.encode(patch_flat)
-      loc = loc - z_what + encoded_loc
-    return loc, scale
+    features = jnp.concatenate([patch_flat, hidden], -1)
+    if self.config.what_refresh == "previous":
+      return self.prop_what(features, z_what)
+    # The learned residual corrects AIR's reading of the glimpse, and q is
+    # as uncertain as AIR's encoder (the decoder was trained under that
+    # noise); the head's scale output goes unused.
+    encoded_loc, encoded_scale = self.air.encode(patch_flat)
+    loc, _ = self.prop_what(features, encoded_loc)
+    return loc, encoded_scale
 
   def relation_initial(self, batch: int) -> networks.LSTMState:
     return self.relation_rnn.initial_state((batch,))

@@ -788,7 +788,7 @@ def test_what_refresh_reads_the_new_glimpse_with_the_air_encoder():
   where = jnp.array([[2.5, 0.1, -0.2], [2.4, -0.3, 0.2]])[:, None].repeat(2, 1)
   image = _sequences(2, 1)[:, 0]
 
-  def mode(what):
+  def mode(what, config=config):
     c = carry._replace(objects=carry.objects._replace(
         z_where=where, z_what=what, presence=jnp.ones((2, 2)),
         ids=jnp.array([[0, 1], [0, 1]], jnp.int32)))
@@ -813,12 +813,7 @@ def test_what_refresh_reads_the_new_glimpse_with_the_air_encoder():
       flat(what))
   np.testing.assert_allclose(what_std, 0.7 + 1e-3, rtol=1e-4)
   # "previous" keeps the previous z_what instead.
-  previous = dataclasses.replace(config, what_refresh="previous")
-  kept = apdr.propagate(previous, params, image, carry._replace(
-      objects=carry.objects._replace(
-          z_where=where, z_what=what, presence=jnp.ones((2, 2)),
-          ids=jnp.array([[0, 1], [0, 1]], jnp.int32))), carry.temporal,
-      jax.random.key(0), deterministic=True)
+  kept = mode(what, dataclasses.replace(config, what_refresh="previous"))
   np.testing.assert_allclose(kept.z_what, what, atol=1e-6)
 
 
