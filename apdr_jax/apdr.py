@@ -433,7 +433,8 @@ class Propagated(NamedTuple):
 def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
               temporal: networks.LSTMState, rng: jax.Array,
               deterministic: bool = False,
-              min_survival: jax.Array | float = 0.0) -> Propagated:
+              min_survival: jax.Array | float = 0.0,
+              keep: jax.Array | None = None) -> Propagated:
   """Samples q^P(z^P_t, k_t | x_t, z_{t-1}, h^q_t) and scores it under p^P.
 
   Args:
@@ -447,6 +448,10 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     min_survival: a floor on q's survival probability (a training warm-up:
       near 1, objects must be tracked before they may be forgotten; q stays
       a proper distribution, so the bound stays valid).
+    keep: optional `[batch, N]` in {0, 1}: objects with 0 are forgotten
+      whatever q decides (`search_modes` proposes such structures; the
+      decisions are then not q's samples and `log_q_presence` is not their
+      probability).
 
   Returns:
     `Propagated`.
@@ -489,7 +494,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
 
   def step(scan_carry, inputs):
     relation, canvas = scan_carry
-    feat, where_anchor, what_prev, prior_hidden, active, key = inputs
+    feat, where_anchor, what_prev, prior_hidden, active, keep_slot, key = (
+        inputs)
     where_key, what_key, presence_key = jax.random.split(key, 3)
     # With "residual", object i looks at the frame minus what objects < i
     # drew (as discovery does), so a duplicate of an earlier object sees
@@ -508,6 +514,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     presence, z_where = air.sample_presence_and_where(
         presence_key, where_key, prob, where_loc, where_scale, active,
         deterministic)
+    presence = presence * keep_slot
     patch = glimpse.extract(seen, z_where, a.glimpse_size, a.extract_method)
     what_loc, what_scale = call(APDRNetworks.prop_encode,
                                 patch.reshape(batch, -1), hidden, what_prev)
@@ -536,7 +543,9 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   (relation, canvas), outputs = jax.lax.scan(
       step, (relation0, jnp.zeros_like(image)),
       (swap(features), swap(anchor), swap(prev.z_what),
-       swap(prior_state.hidden), swap(prev.presence), jax.random.split(rng, n)), unroll=True)
+       swap(prior_state.hidden), swap(prev.presence),
+       swap(jnp.ones_like(prev.presence) if keep is None else keep),
+       jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline, q_survival = (
       swap(x) for x in outputs)
   active = prev.presence
@@ -752,6 +761,9 @@ class FrameOutputs(NamedTuple):
     q_survival: `[batch, N]`, q's survival probability of each previous
       object (before a warm-up floor; 0 for empty slots).
     prior_survival: `[batch, N]`, the prior's (0 for empty slots).
+    log_joint: `[batch]`, `log p(x_t, z_t | z_{<t})`: the likelihood and
+      every prior term of the frame, without q (what `search_modes`
+      maximises).
   """
   terms: jax.Array
   score_log_q: jax.Array
@@ -766,12 +778,14 @@ class FrameOutputs(NamedTuple):
   canvas: jax.Array | None
   q_survival: jax.Array
   prior_survival: jax.Array
+  log_joint: jax.Array
 
 
 def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                image_gates: jax.Array, rng: jax.Array, rho: jax.Array,
                deterministic: bool = False, with_canvas: bool = False,
-               min_survival: jax.Array | float = 0.0):
+               min_survival: jax.Array | float = 0.0,
+               keep: jax.Array | None = None):
   """One frame: propagate, discover, render, score, compact (Algorithm 1).
 
   Args:
@@ -786,6 +800,8 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
     deterministic: posterior modes instead of samples.
     with_canvas: also return the reconstruction.
     min_survival: floor on q's survival probability (see `propagate`).
+    keep: optional `[batch, N]`, objects forced to be forgotten where 0 (see
+      `propagate`).
 
   Returns:
     `(new Carry, FrameOutputs)`.
@@ -797,7 +813,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   temporal = _call(config, params, APDRNetworks.temporal_step, prev.z_where,
                    prev.z_what, prev.presence, carry.temporal)
   prop = propagate(config, params, image, carry, temporal, prop_key,
-                   deterministic, min_survival)
+                   deterministic, min_survival, keep)
   num_propagated = prop.presence.sum(-1)
   max_steps = config.num_slots - num_propagated.astype(jnp.int32)
   render = lambda z_what, z_where, presence: glimpse.render_sum(
@@ -835,7 +851,9 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
       terms, score_log_q, baseline, log_lik,
       prop_kl.sum(-1) + disc_kl.sum(-1), objects.z_where, objects.presence,
       objects.ids, num_propagated, num_discovered,
-      canvas if with_canvas else None, prop.q_survival, prop.prior_survival)
+      canvas if with_canvas else None, prop.q_survival, prop.prior_survival,
+      log_lik + (prop.log_p_presence + prop.log_p_z + disc_log_p_presence +
+                 disc_log_p_z).sum(-1))
   return new_carry, outputs
 
 
@@ -915,6 +933,94 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
   return SequenceTerms(flat(frames.terms), flat(frames.score_log_q),
                        flat(frames.baseline), frames.log_likelihood.sum(-1),
                        frames.kl.sum(-1), frames)
+
+
+def search_candidates(num_slots: int) -> jax.Array:
+  """The structures `search_modes` tries each frame, `[N + 2, N]` keep-masks:
+  q's modes as they are, each previous object forgotten in turn, and all
+  forgotten (discovery then reads the whole frame, as AIR would)."""
+  ones = jnp.ones((1, num_slots))
+  return jnp.concatenate([ones, 1.0 - jnp.eye(num_slots),
+                          jnp.zeros((1, num_slots))])
+
+
+def _search_score(outputs: FrameOutputs, score: str) -> jax.Array:
+  if score == "joint":
+    return outputs.log_joint
+  # The continuous latents' log p - log q at q's modes (a Laplace estimate
+  # of their integral, with q's covariance) plus log p of the structure:
+  # the presence decisions' log q is added back.
+  return outputs.terms.sum(-1) + outputs.score_log_q.sum(-1)
+
+
+def search_modes(config: APDRConfig, params, images: jax.Array,
+                 rho: jax.Array, margin: float = 0.0, score: str = "laplace",
+                 restart: bool = True,
+                 with_canvas: bool = False) -> FrameOutputs:
+  """Posterior modes refined by a greedy search over which objects survive.
+
+  q's modes keep an object that drifted off its digit, or one that covers two
+  digits which were merged when first seen, and discovery then adds or misses
+  one: the error persists for the rest of the sequence. Here every frame
+  tries the structures of `search_candidates` from the chosen previous
+  frame, each with q's modes for everything else (discovery included), and
+  keeps the one with the highest `log p(x_t, z_t | z_{<t})` under the model.
+  No ground truth is used; `N + 2` frame steps per frame instead of one.
+
+  Args:
+    config: the architecture.
+    params: `APDRNetworks` parameters.
+    images: `[batch, T, H, W]` in [0, 1].
+    rho: scalar, the discovery prior's probability of one more object (the
+      one training ended with: it prices a discovery in the joint).
+    with_canvas: also return the reconstructions.
+
+  Returns:
+    `FrameOutputs` with fields `[batch, T, ...]`, of the chosen structures.
+  """
+  batch = images.shape[0]
+  keeps = search_candidates(config.num_slots)
+  rows = jnp.arange(batch)
+
+  def step(carry, inputs):
+    image, gate, index = inputs
+    key = jax.random.fold_in(jax.random.key(0), index)  # unused: modes
+
+    def candidate(keep):
+      return frame_step(config, params, carry, image, gate, key, rho,
+                        deterministic=True, with_canvas=with_canvas,
+                        keep=jnp.broadcast_to(keep, (batch, config.num_slots)))
+
+    carries, outputs = jax.vmap(candidate)(keeps)  # leaves [C, batch, ...]
+    value = _search_score(outputs, score)
+    if restart:
+      # AIR's reading of the frame alone, as in frame 0 (ids continue), with
+      # the prior's price of forgetting every previous object added.
+      fresh = initial_carry(config, params, batch)._replace(
+          next_id=carry.next_id)
+      fresh_carry, fresh_out = frame_step(
+          config, params, fresh, image, gate, key, rho, deterministic=True,
+          with_canvas=with_canvas)
+      forget_all = outputs.prior_survival[-1]  # [batch, N], 0 where absent
+      forget_cost = jnp.sum(carry.objects.presence * jnp.log1p(
+          -jnp.minimum(forget_all, 1.0 - 1e-7)), -1)
+      stack = lambda many, one: jax.tree.map(
+          lambda m, o: jnp.concatenate([m, o[None]]), many, one)
+      carries, outputs = stack(carries, fresh_carry), stack(outputs, fresh_out)
+      value = jnp.concatenate(
+          [value, (_search_score(fresh_out, score) + forget_cost)[None]])
+    gain = value - value[0]  # [C, batch]
+    gain = jnp.where(jnp.arange(value.shape[0])[:, None] == 0, margin, gain)
+    best = jnp.argmax(gain, axis=0)  # [batch]; ties: q's modes
+    pick = lambda tree: jax.tree.map(lambda x: x[best, rows], tree)
+    return pick(carries), pick(outputs)
+
+  swap = lambda x: jnp.swapaxes(x, 0, 1)
+  _, frames = jax.lax.scan(step, initial_carry(config, params, batch),
+                           (swap(images), swap(image_gates(config, params,
+                                                           images)),
+                            jnp.arange(images.shape[1])))
+  return jax.tree.map(swap, frames)
 
 
 def predict(config: APDRConfig, params, images: jax.Array, num_future: int,

@@ -112,6 +112,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "(0 = num_steps)")
   need(0 <= config.get("lr_final_fraction", 0.0) <= 1,
        f"lr_final_fraction={config.get('lr_final_fraction')} must be in [0, 1]")
+  need(config.get("search_margin", -1.0) < 0 or is_sequential(config),
+       f"search_margin={config.get('search_margin')} applies to "
+       "model_name='apdr' only (negative: off)")
   need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
        f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
   m = config.model

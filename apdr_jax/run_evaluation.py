@@ -79,8 +79,13 @@ def final_evaluation(config, params, test, workdir, is_writer=True,
 
 
 def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
-                       rng: jax.Array, rho: float) -> tuple[dict, dict]:
+                       rng: jax.Array, rho: float,
+                       search_margin: float | None = None) -> tuple[dict, dict]:
   """Every held-out sequence metric of DESIGN §6 on the first `num`.
+
+  With `search_margin >= 0` (default: `config.search_margin`) and APDR, the
+  counts and tracking scores of `apdr.search_modes` are added under
+  `search_*` (the plain keys stay q's modes).
 
   Returns:
     (metrics dict of plain numbers, the decomposition for pictures).
@@ -92,6 +97,18 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
   result = sequence_evaluation.count_accuracy(decomposed["counts"],
                                               test["counts"][:num])
   result.update(sequence_evaluation.tracking_scores(decomposed, test, num))
+  if search_margin is None:
+    search_margin = config.get("search_margin", -1.0)
+  if sequence_evaluation.is_apdr(mc) and search_margin >= 0:
+    searched = sequence_evaluation.decompose(mc, params, sequences,
+                                             search_margin=search_margin,
+                                             rho=rho)
+    scores = sequence_evaluation.count_accuracy(searched["counts"],
+                                                test["counts"][:num])
+    scores.update(sequence_evaluation.tracking_scores(
+        searched, test, num, with_motmetrics=False))
+    result.update({f"search_{k}": v for k, v in scores.items()})
+    result["search_margin"] = float(search_margin)
   result.update(sequence_evaluation.bounds(mc, params, sequences, rng, rho,
                                            num_samples=iwae_samples))
   if sequence_evaluation.is_apdr(mc) and sequences.shape[1] >= 2:

@@ -35,13 +35,20 @@ def _apdr_modes(model_config, params, sequences, with_canvas):
                                with_canvas=with_canvas).frames
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _apdr_search(model_config, params, sequences, rho, with_canvas, margin):
+  return apdr.search_modes(model_config, params, sequences, rho, margin,
+                           with_canvas=with_canvas)
+
+
 def _boxes(model_config, z_where):
   size = model_config.air.canvas_size
   return np.asarray(glimpse.box_corners(z_where, size, size))
 
 
 def decompose(model_config, params, sequences: np.ndarray,
-              batch_size: int = 50) -> dict:
+              batch_size: int = 50, search_margin: float = -1.0,
+              rho: float = 1e-5) -> dict:
   """Posterior modes of every frame: counts, boxes, ids, reconstructions.
 
   Args:
@@ -49,6 +56,9 @@ def decompose(model_config, params, sequences: np.ndarray,
     params: trained parameters.
     sequences: `[num, T, H, W]` float32 in [0, 1].
     batch_size: sequences per evaluation batch.
+    search_margin: APDR: when >= 0, q's modes refined by
+      `apdr.search_modes` with this margin in nats (ignored for AIR).
+    rho: for the search, the discovery prior's ρ (it prices a discovery).
 
   Returns:
     dict of numpy arrays: `counts [num, T]`, `presence [num, T, N]`,
@@ -71,7 +81,12 @@ def decompose(model_config, params, sequences: np.ndarray,
   parts = []
   for start in range(0, num, batch_size):
     chunk = jnp.asarray(sequences[start:start + batch_size])
-    f = jax.device_get(_apdr_modes(model_config, params, chunk, True))
+    if search_margin >= 0:
+      f = jax.device_get(_apdr_search(model_config, params, chunk,
+                                      jnp.asarray(rho, jnp.float32), True,
+                                      float(search_margin)))
+    else:
+      f = jax.device_get(_apdr_modes(model_config, params, chunk, True))
     parts.append((f.presence, f.z_where, f.ids, f.canvas))
   presence, z_where, ids, canvas = (np.concatenate(p) for p in zip(*parts))
   return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,

@@ -124,5 +124,11 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_batch_size = 500
   config.final_iwae_samples = 100
   config.final_eval_scenes = 1_000
+  # APDR's final evaluation also reports `search_*` metrics from
+  # `apdr.search_modes`: each frame q's modes are replaced by a structure
+  # with a previous object forgotten (or all, or AIR's fresh reading) when
+  # the model's evidence for it is higher by more than this many nats.
+  # Negative: off. Chosen on training sequences (see the README).
+  config.search_margin = -1.0
   config.progress_bar = True
   return config

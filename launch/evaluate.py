@@ -17,6 +17,10 @@ boxes and object ids of every sequence, and a GIF. `--explain=N` (APDR) also
 prints the first N held-out sequences frame by frame: objects kept and found,
 their ids and centres against the true centres, and the `log p - log q` of
 every decision, the quickest way to see why counts or tracks go wrong.
+`--search_margin=M` (APDR, M >= 0) adds `search_*` counts and tracking scores
+from `apdr.search_modes`: each frame, q's modes give way to a structure with
+a previous object forgotten (discovery then re-reads its ink) when the
+model's own evidence for it is higher by more than M nats.
 """
 
 import json
@@ -35,6 +39,10 @@ _OUT = flags.DEFINE_string("out", None, "JSON output (default: "
                            "WORKDIR/evaluation.json).")
 _IWAE_SAMPLES = flags.DEFINE_integer("iwae_samples", 100, "K for IWAE.")
 _NUM_SCENES = flags.DEFINE_integer("num_scenes", 1000, "Held-out scenes.")
+_SEARCH_MARGIN = flags.DEFINE_float(
+    "search_margin", None, "APDR: also score `apdr.search_modes` with this "
+    "margin in nats (search_* keys; with --images, the boxes and ids come "
+    "from it). Default: the workdir config's search_margin; negative: off.")
 _EXPLAIN = flags.DEFINE_integer(
     "explain", 0, "APDR: print the posterior modes of the first N held-out "
     "sequences frame by frame (kept/found objects, ids, centres against the "
@@ -46,13 +54,14 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   with common.user_errors():
     result = run(_WORKDIR.value, _IMAGES.value, _OUT.value,
-                 _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value)
+                 _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value,
+                 _SEARCH_MARGIN.value)
   print(common.format_result(
       {k: v for k, v in result.items() if not isinstance(v, list)}))
 
 
 def run(workdir, images_path, out_path, iwae_samples, num_scenes,
-        explain: int = 0) -> dict:
+        explain: int = 0, search_margin: float | None = None) -> dict:
   import jax
   from apdr_jax import (checkpoints, data, evaluation, input_pipeline,
                         plotting, run_config, train)
@@ -71,9 +80,14 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
   out_path = out_path or os.path.join(workdir, "evaluation.json")
   if explain and not run_config.is_sequential(config):
     raise ConfigError("--explain applies to APDR workdirs (model_name='apdr')")
+  if (search_margin is not None and search_margin >= 0 and
+      not run_config.is_sequential(config)):
+    raise ConfigError("--search_margin applies to APDR workdirs "
+                      "(model_name='apdr')")
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
-                          out_path, iwae_samples, num_scenes, explain)
+                          out_path, iwae_samples, num_scenes, explain,
+                          search_margin)
   picture = os.path.splitext(out_path)[0] + ".png"
   result = {"workdir": workdir, "step": int(step)}
   if images_path:
@@ -109,7 +123,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
 
 
 def _run_sequences(config, state, step, workdir, images_path, out_path,
-                   iwae_samples, num_scenes, explain=0) -> dict:
+                   iwae_samples, num_scenes, explain=0,
+                   search_margin=None) -> dict:
   import jax
   from apdr_jax import (data, input_pipeline, run_config, run_evaluation,
                         sequence_evaluation)
@@ -118,9 +133,15 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
   canvas = config.data.canvas_size
   prefix = os.path.splitext(out_path)[0] + "_"
   result = {"workdir": workdir, "step": step}
+  rho = float(run_config.rho_at(config, step))
+  if search_margin is None:
+    search_margin = config.get("search_margin", -1.0)
   if images_path:
     sequences = data.load_user_images(images_path, canvas, sequences=True)
-    decomposed = sequence_evaluation.decompose(mc, state.params, sequences)
+    decomposed = sequence_evaluation.decompose(
+        mc, state.params, sequences, search_margin=search_margin, rho=rho)
+    if search_margin >= 0:
+      result["search_margin"] = float(search_margin)
     result["num_sequences"] = len(sequences)
     result["sequences"] = [
         {"index": i, "frames": [
@@ -137,7 +158,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     num = min(num_scenes, len(test["images"]))
     metrics, decomposed = run_evaluation.evaluate_sequences(
         config, state.params, test, num, iwae_samples, jax.random.key(0),
-        float(run_config.rho_at(config, step)))
+        rho, search_margin)
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
     if explain:

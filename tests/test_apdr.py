@@ -822,3 +822,61 @@ def test_what_refresh_config_is_validated():
     dataclasses.replace(TINY, what_refresh="air")
   with pytest.raises(ValueError, match="what_transition_scale_init"):
     dataclasses.replace(TINY, what_transition_scale_init=-0.1)
+
+
+def test_keep_forces_forgetting_whatever_q_decides(params):
+  """`keep` (what `search_modes` proposes) overrides a certain survival."""
+  p = _set_presence(params, survival_logit=30.0)
+  carry = apdr.initial_carry(TINY, p, 1)
+  carry = carry._replace(objects=carry.objects._replace(
+      presence=jnp.ones((1, 2)), ids=jnp.array([[0, 1]], jnp.int32)))
+  image = _sequences(1, 1)[:, 0]
+  propagate = lambda keep: apdr.propagate(
+      TINY, p, image, carry, carry.temporal, jax.random.key(0),
+      deterministic=True, keep=keep).presence[0]
+  np.testing.assert_array_equal(propagate(None), [1, 1])
+  np.testing.assert_array_equal(propagate(jnp.array([[1.0, 0.0]])), [1, 0])
+  np.testing.assert_array_equal(propagate(jnp.zeros((1, 2))), [0, 0])
+
+
+def test_log_joint_of_an_empty_first_frame_in_closed_form(params):
+  """Frame 0, discovery off: one presence decision (absent) and a blank
+  canvas, so log p(x, z) = sum log N(x | 0, std^2) + log(1 - rho)."""
+  p = _set_presence(params, discovery_logit=-30.0)
+  image, rho = _sequences(2, 1)[:, 0], 0.3
+  _, out = apdr.frame_step(TINY, p, apdr.initial_carry(TINY, p, 2), image,
+                           apdr.image_gates(TINY, p, image[:, None])[:, 0],
+                           jax.random.key(0), jnp.asarray(rho),
+                           deterministic=True)
+  std = TINY_AIR.likelihood_std
+  expected = (-0.5 * (np.asarray(image) / std) ** 2 - np.log(
+      std * np.sqrt(2 * np.pi))).sum((-2, -1)) + np.log(1 - rho)
+  np.testing.assert_allclose(out.log_joint, expected, rtol=1e-5)
+
+
+def test_search_with_an_unreachable_margin_is_q_modes(params):
+  images = _sequences(2, 4)
+  modes = apdr.log_weight_terms(TINY, params, images, jax.random.key(0), 0.3,
+                                deterministic=True).frames
+  searched = apdr.search_modes(TINY, params, images, jnp.asarray(0.3),
+                               margin=1e9)
+  for field in ("presence", "ids", "z_where", "log_likelihood", "terms"):
+    chex.assert_trees_all_close(getattr(searched, field),
+                                getattr(modes, field), rtol=1e-5, atol=1e-4)
+  chex.assert_shape(apdr.search_candidates(3), (5, 3))
+
+
+def test_search_forgets_an_object_q_keeps_on_an_empty_frame():
+  """q is wired to keep every object, also after its square has gone; the
+  model's evidence (an all-ones drawing on an empty frame) says forget."""
+  config = TINY
+  params = _set_presence(_hand_wired_params(config), survival_logit=30.0)
+  images = _centre_square([0], 3)
+  counts = lambda margin: np.asarray(apdr.search_modes(
+      config, params, images, jnp.asarray(0.3), margin).presence.sum(-1))[0]
+  np.testing.assert_array_equal(counts(1e9), [1, 1, 1])  # q's modes
+  np.testing.assert_array_equal(counts(0.0), [1, 0, 0])
+  # A present square is kept: forgetting it loses its likelihood.
+  np.testing.assert_array_equal(np.asarray(apdr.search_modes(
+      config, params, _centre_square([0, 1, 2], 3), jnp.asarray(0.3),
+      0.0).presence.sum(-1))[0], [1, 1, 1])

@@ -44,6 +44,11 @@ def test_bad_apdr_config_values_raise_clear_errors():
     run_config.validate_config(config)
   with pytest.raises(ConfigError, match="model_name"):
     run_config.validate_config(_config(model_name="sqair2"))
+  with pytest.raises(ConfigError, match="search_margin"):
+    config = _config(model_name="air")
+    config.data.kind = "sequences"
+    config.search_margin = 10.0
+    run_config.validate_config(config)
   for field, value in (("propagation_glimpse", "centre"),
                        ("prior_survival_init", 1.0), ("survival_init", 0.0)):
     config = _config()
@@ -116,6 +121,14 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
   for key in ("frame_count_accuracy", "tracking_consistency", "iwae"):
     assert key in result, key
   assert os.path.exists(tmp_path / "eval_reconstructions.gif")
+  assert not any(key.startswith("search_") for key in result)
+  searched = evaluate.run(path, None, str(tmp_path / "search.json"), 2, 4,
+                          search_margin=0.0)
+  assert searched["search_margin"] == 0.0
+  for key in ("frame_count_accuracy", "tracking_consistency"):
+    assert 0.0 <= searched[f"search_{key}"] <= 1.0 or np.isnan(
+        searched[f"search_{key}"]), key
+  assert "search_mota" in searched and "search_idf1" in searched
   explained = evaluate.run(path, None, str(tmp_path / "explain.json"), 2, 4,
                            explain=2)["explained"]
   from apdr_jax import checkpoints, input_pipeline
