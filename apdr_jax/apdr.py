@@ -962,22 +962,35 @@ def search_modes(config: APDRConfig, params, images: jax.Array,
   q's modes keep an object that drifted off its digit, or one that covers two
   digits which were merged when first seen, and discovery then adds or misses
   one: the error persists for the rest of the sequence. Here every frame
-  tries the structures of `search_candidates` from the chosen previous
-  frame, each with q's modes for everything else (discovery included), and
-  keeps the one with the highest `log p(x_t, z_t | z_{<t})` under the model.
-  No ground truth is used; `N + 2` frame steps per frame instead of one.
+  tries, from the previous frame's chosen structure, the keep-masks of
+  `search_candidates` (q's modes for everything else, discovery included)
+  and, with `restart`, AIR's reading of the frame alone (fresh temporal
+  state, ids continuing, the prior's price of forgetting every previous
+  object added to its score). An alternative replaces q's modes when its
+  score beats theirs by more than `margin` nats. No ground truth is used;
+  `N + 2` (+1) frame steps per frame instead of one.
 
   Args:
     config: the architecture.
     params: `APDRNetworks` parameters.
     images: `[batch, T, H, W]` in [0, 1].
     rho: scalar, the discovery prior's probability of one more object (the
-      one training ended with: it prices a discovery in the joint).
+      one training ended with: it prices a discovery).
+    margin: nats an alternative must win by (0: plain argmax; a huge value
+      gives q's modes).
+    score: "laplace": the continuous latents' `log p - log q` at q's modes
+      (a Laplace estimate of their integral with q's covariance) plus
+      `log p` of the structure and the likelihood; "joint": `log_joint`.
+    restart: also try AIR's fresh reading of the frame.
     with_canvas: also return the reconstructions.
 
   Returns:
-    `FrameOutputs` with fields `[batch, T, ...]`, of the chosen structures.
+    `FrameOutputs` with fields `[batch, T, ...]`, of the chosen structures
+    (for a restart, `terms`, `kl` and `log_joint` leave out the forgetting
+    of the previous objects).
   """
+  if score not in ("laplace", "joint"):
+    raise ValueError(f"score={score!r}; use 'laplace' or 'joint'")
   batch = images.shape[0]
   keeps = search_candidates(config.num_slots)
   rows = jnp.arange(batch)
@@ -1001,15 +1014,18 @@ def search_modes(config: APDRConfig, params, images: jax.Array,
       fresh_carry, fresh_out = frame_step(
           config, params, fresh, image, gate, key, rho, deterministic=True,
           with_canvas=with_canvas)
+      # The all-forgotten candidate's prior survival (the last keep-mask),
+      # priced as `propagate` prices a forgetting.
       forget_all = outputs.prior_survival[-1]  # [batch, N], 0 where absent
-      forget_cost = jnp.sum(carry.objects.presence * jnp.log1p(
-          -jnp.minimum(forget_all, 1.0 - 1e-7)), -1)
+      forget_cost = jnp.sum(carry.objects.presence * dist.bernoulli_log_prob(
+          jnp.zeros_like(forget_all), forget_all), -1)
       stack = lambda many, one: jax.tree.map(
           lambda m, o: jnp.concatenate([m, o[None]]), many, one)
       carries, outputs = stack(carries, fresh_carry), stack(outputs, fresh_out)
       value = jnp.concatenate(
           [value, (_search_score(fresh_out, score) + forget_cost)[None]])
     gain = value - value[0]  # [C, batch]
+    gain = jnp.where(jnp.isnan(gain), -jnp.inf, gain)  # argmax favours NaN
     gain = jnp.where(jnp.arange(value.shape[0])[:, None] == 0, margin, gain)
     best = jnp.argmax(gain, axis=0)  # [batch]; ties: q's modes
     pick = lambda tree: jax.tree.map(lambda x: x[best, rows], tree)

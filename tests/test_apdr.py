@@ -876,7 +876,12 @@ def test_search_forgets_an_object_q_keeps_on_an_empty_frame():
       config, params, images, jnp.asarray(0.3), margin).presence.sum(-1))[0]
   np.testing.assert_array_equal(counts(1e9), [1, 1, 1])  # q's modes
   np.testing.assert_array_equal(counts(0.0), [1, 0, 0])
-  # A present square is kept: forgetting it loses its likelihood.
-  np.testing.assert_array_equal(np.asarray(apdr.search_modes(
-      config, params, _centre_square([0, 1, 2], 3), jnp.asarray(0.3),
-      0.0).presence.sum(-1))[0], [1, 1, 1])
+  # One batch, each row its own choice: gone and back (a new id) beside a
+  # square that stays (forgetting it would lose its likelihood).
+  both = jnp.concatenate([_centre_square([0, 2], 3),
+                          _centre_square([0, 1, 2], 3)])
+  out = apdr.search_modes(config, params, both, jnp.asarray(0.3), 0.0)
+  np.testing.assert_array_equal(out.presence.sum(-1), [[1, 0, 1], [1, 1, 1]])
+  np.testing.assert_array_equal(out.ids[:, :, 0], [[0, -1, 1], [0, 0, 0]])
+  with pytest.raises(ValueError, match="score"):
+    apdr.search_modes(config, params, both, jnp.asarray(0.3), score="elbo")
