@@ -20,7 +20,9 @@ every decision, the quickest way to see why counts or tracks go wrong.
 `--search_margin=M` (APDR, M >= 0) adds `search_*` counts and tracking scores
 from `apdr.search_modes`: each frame, q's modes give way to a structure with
 a previous object forgotten (discovery then re-reads its ink) when the
-model's own evidence for it is higher by more than M nats.
+model's own evidence for it is higher by more than M nats. `--split=train`
+scores training scenes or sequences instead of held-out ones (to choose such
+settings without looking at the held-out data).
 """
 
 import json
@@ -43,6 +45,10 @@ _SEARCH_MARGIN = flags.DEFINE_float(
     "search_margin", None, "APDR: also score `apdr.search_modes` with this "
     "margin in nats (search_* keys; with --images, the boxes and ids come "
     "from it). Default: the workdir config's search_margin; negative: off.")
+_SPLIT = flags.DEFINE_enum(
+    "split", "test", ["test", "train"], "Which scenes or sequences to score: "
+    "the held-out ones, or the training ones (to choose evaluation-time "
+    "settings such as --search_margin without looking at held-out data).")
 _EXPLAIN = flags.DEFINE_integer(
     "explain", 0, "APDR: print the posterior modes of the first N held-out "
     "sequences frame by frame (kept/found objects, ids, centres against the "
@@ -55,13 +61,14 @@ def main(argv):
   with common.user_errors():
     result = run(_WORKDIR.value, _IMAGES.value, _OUT.value,
                  _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value,
-                 _SEARCH_MARGIN.value)
+                 _SEARCH_MARGIN.value, _SPLIT.value)
   print(common.format_result(
       {k: v for k, v in result.items() if not isinstance(v, list)}))
 
 
 def run(workdir, images_path, out_path, iwae_samples, num_scenes,
-        explain: int = 0, search_margin: float | None = None) -> dict:
+        explain: int = 0, search_margin: float | None = None,
+        split: str = "test") -> dict:
   import jax
   from apdr_jax import (checkpoints, data, evaluation, input_pipeline,
                         plotting, run_config, train)
@@ -71,6 +78,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     raise ConfigError("--iwae_samples and --num_scenes must be >= 1")
   if explain < 0:
     raise ConfigError(f"--explain={explain} must be >= 0")
+  if split not in ("test", "train"):
+    raise ConfigError(f"--split={split!r}; use 'test' or 'train'")
   config = checkpoints.load_config(workdir)
   target = train.create_train_state(config, jax.random.key(0))
   step, state = checkpoints.restore_latest(checkpoints.manager(workdir), target)
@@ -87,9 +96,9 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
                           out_path, iwae_samples, num_scenes, explain,
-                          search_margin)
+                          search_margin, split)
   picture = os.path.splitext(out_path)[0] + ".png"
-  result = {"workdir": workdir, "step": int(step)}
+  result = {"workdir": workdir, "step": int(step), "split": split}
   if images_path:
     images = data.load_user_images(images_path, mc.canvas_size)
     decomposed = evaluation.decompose(mc, state.params, images)
@@ -101,7 +110,7 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
                    if present > 0.5]}
         for i in range(len(images))]
   else:
-    _, test = input_pipeline.load_data(config)
+    test = _scored_split(config, split)
     num = min(num_scenes, len(test["images"]))
     images = data.to_float(test["images"][:num])
     decomposed = evaluation.decompose(mc, state.params, images)
@@ -122,9 +131,15 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
   return result
 
 
+def _scored_split(config, split: str) -> dict:
+  from apdr_jax import input_pipeline
+  train_data, test = input_pipeline.load_data(config)
+  return train_data if split == "train" else test
+
+
 def _run_sequences(config, state, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes, explain=0,
-                   search_margin=None) -> dict:
+                   search_margin=None, split="test") -> dict:
   import jax
   from apdr_jax import (data, input_pipeline, run_config, run_evaluation,
                         sequence_evaluation)
@@ -132,7 +147,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
   mc = run_config.model_config(config)
   canvas = config.data.canvas_size
   prefix = os.path.splitext(out_path)[0] + "_"
-  result = {"workdir": workdir, "step": step}
+  result = {"workdir": workdir, "step": step, "split": split}
   rho = float(run_config.rho_at(config, step))
   if search_margin is None:
     search_margin = config.get("search_margin", -1.0)
@@ -154,7 +169,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
             for t in range(sequences.shape[1])]}
         for i in range(len(sequences))]
   else:
-    _, test = input_pipeline.load_data(config)
+    test = _scored_split(config, split)
     num = min(num_scenes, len(test["images"]))
     metrics, decomposed = run_evaluation.evaluate_sequences(
         config, state.params, test, num, iwae_samples, jax.random.key(0),

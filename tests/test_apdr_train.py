@@ -122,9 +122,11 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
     assert key in result, key
   assert os.path.exists(tmp_path / "eval_reconstructions.gif")
   assert not any(key.startswith("search_") for key in result)
+  assert result["split"] == "test"
+  # Settings are chosen on training sequences: --split=train scores those.
   searched = evaluate.run(path, None, str(tmp_path / "search.json"), 2, 4,
-                          search_margin=0.0)
-  assert searched["search_margin"] == 0.0
+                          search_margin=0.0, split="train")
+  assert searched["search_margin"] == 0.0 and searched["split"] == "train"
   for key in ("frame_count_accuracy", "tracking_consistency"):
     assert 0.0 <= searched[f"search_{key}"] <= 1.0 or np.isnan(
         searched[f"search_{key}"]), key
