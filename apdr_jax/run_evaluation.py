@@ -78,6 +78,16 @@ def final_evaluation(config, params, test, workdir, is_writer=True,
   return result
 
 
+def _counts_and_tracking(decomposed, test, num: int,
+                         with_motmetrics: bool = True) -> dict:
+  """Per-frame count accuracy and the tracking scores of one decomposition."""
+  result = sequence_evaluation.count_accuracy(decomposed["counts"],
+                                              test["counts"][:num])
+  result.update(sequence_evaluation.tracking_scores(
+      decomposed, test, num, with_motmetrics=with_motmetrics))
+  return result
+
+
 def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
                        rng: jax.Array, rho: float,
                        search_margin: float | None = None) -> tuple[dict, dict]:
@@ -94,19 +104,14 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
   params = host_params(params)
   sequences = data.to_float(test["images"][:num])
   decomposed = sequence_evaluation.decompose(mc, params, sequences)
-  result = sequence_evaluation.count_accuracy(decomposed["counts"],
-                                              test["counts"][:num])
-  result.update(sequence_evaluation.tracking_scores(decomposed, test, num))
+  result = _counts_and_tracking(decomposed, test, num)
   if search_margin is None:
     search_margin = config.get("search_margin", -1.0)
   if sequence_evaluation.is_apdr(mc) and search_margin >= 0:
     searched = sequence_evaluation.decompose(mc, params, sequences,
                                              search_margin=search_margin,
                                              rho=rho)
-    scores = sequence_evaluation.count_accuracy(searched["counts"],
-                                                test["counts"][:num])
-    scores.update(sequence_evaluation.tracking_scores(
-        searched, test, num, with_motmetrics=False))
+    scores = _counts_and_tracking(searched, test, num, with_motmetrics=False)
     result.update({f"search_{k}": v for k, v in scores.items()})
     result["search_margin"] = float(search_margin)
   result.update(sequence_evaluation.bounds(mc, params, sequences, rng, rho,

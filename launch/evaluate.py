@@ -70,8 +70,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
         explain: int = 0, search_margin: float | None = None,
         split: str = "test") -> dict:
   import jax
-  from apdr_jax import (checkpoints, data, evaluation, input_pipeline,
-                        plotting, run_config, train)
+  from apdr_jax import (checkpoints, data, evaluation, plotting, run_config,
+                        train)
   from apdr_jax.errors import CheckpointError, ConfigError
 
   if iwae_samples < 1 or num_scenes < 1:
@@ -141,7 +141,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes, explain=0,
                    search_margin=None, split="test") -> dict:
   import jax
-  from apdr_jax import (data, input_pipeline, run_config, run_evaluation,
+  from apdr_jax import (data, run_config, run_evaluation,
                         sequence_evaluation)
 
   mc = run_config.model_config(config)
