@@ -65,7 +65,9 @@ def load_data(config):
     `(train, test)` dicts (the training arrays are read-only memory maps of
     the cache file): scenes (`images [n, H, W]`, `counts`, `boxes`) or,
     with `data.kind='sequences'`, sequences (`images [n, T, H, W]`,
-    `counts [n, T]`, `boxes`, `ids`, `presence`).
+    `counts [n, T]`, `boxes`, `ids`, `presence`). With
+    `data.train_enter_leave_fraction > 0` (sequences, `enter_leave=False`),
+    that fraction of the training sequences has digits entering and leaving.
   """
   d = config.data
   cache_dir = d.cache_dir or None
@@ -82,10 +84,15 @@ def load_data(config):
                   max_digits=d.max_digits, overlap=d.overlap,
                   max_iou=d.max_iou, source=d.source, seed=d.seed)
     load, recipe, count = data.load_scenes, data.SceneRecipe, "num_scenes"
+  splits = {"train": dict(common), "test": dict(common)}
+  train_mix = d.get("train_enter_leave_fraction", 0.0)
+  if train_mix > 0:
+    # Training sequences only: the held-out ones follow `data.enter_leave`.
+    splits["train"].update(enter_leave=True, enter_leave_fraction=train_mix)
   # The training split is memory-mapped: `place_train_streams` then reads from
   # disk only the rows of this process's streams.
-  return tuple(load(recipe(split=split, **{count: num}, **common), cache_dir,
-                    mmap=split == "train")
+  return tuple(load(recipe(split=split, **{count: num}, **splits[split]),
+                    cache_dir, mmap=split == "train")
                for split, num in (("train", d.num_train_scenes),
                                   ("test", d.num_test_scenes)))
 

@@ -90,6 +90,13 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.data.get("kind") == "sequences":
     need(config.data.num_frames >= 1,
          f"data.num_frames={config.data.num_frames} must be >= 1")
+    mix = config.data.get("train_enter_leave_fraction", 0.0)
+    need(0.0 <= mix <= 1.0,
+         f"data.train_enter_leave_fraction={mix} must be in [0, 1]")
+    need(mix == 0.0 or not config.data.enter_leave,
+         f"data.train_enter_leave_fraction={mix} mixes entering and leaving "
+         "digits into training data that has none; with data.enter_leave=True "
+         "every sequence already has them (set the fraction to 0)")
     need(config.get("curriculum_start_frames", 0) >= 0 and
          config.get("curriculum_steps_per_frame", 0) >= 0,
          "curriculum_start_frames and curriculum_steps_per_frame must be >= 0")

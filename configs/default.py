@@ -31,6 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.speed_max = 3.0
   config.data.velocity_noise = 0.3
   config.data.enter_leave = False  # digits enter and leave mid-sequence
+  # With enter_leave=False: the fraction of *training* sequences whose digits
+  # enter and leave anyway (so forgetting and later discovery are trained);
+  # the held-out sequences are unchanged.
+  config.data.train_enter_leave_fraction = 0.0
 
   config.model = ml_collections.ConfigDict()
   config.model.num_slots = 3

@@ -57,6 +57,28 @@ def test_bad_apdr_config_values_raise_clear_errors():
       run_config.validate_config(config)
 
 
+def test_train_enter_leave_fraction_mixes_training_sequences_only():
+  config = _config()
+  config.data.train_enter_leave_fraction = 0.5
+  run_config.validate_config(config)
+  train_data, test_data = input_pipeline.load_data(config)
+  plain = _config()
+  plain_train, plain_test = input_pipeline.load_data(plain)
+  for key in ("images", "presence", "boxes", "ids"):
+    np.testing.assert_array_equal(test_data[key], plain_test[key])
+  used = (train_data["indices"] >= 0)[:, None, :]
+  changed = np.any(train_data["presence"] != used, axis=(1, 2))
+  assert changed.any() and not changed.all()
+  np.testing.assert_array_equal(plain_train["presence"],
+                                np.broadcast_to(used, plain_train["presence"].shape))
+  for value, enter_leave in ((1.5, False), (-0.1, False), (0.5, True)):
+    config = _config()
+    config.data.train_enter_leave_fraction = value
+    config.data.enter_leave = enter_leave
+    with pytest.raises(ConfigError, match="train_enter_leave_fraction"):
+      run_config.validate_config(config)
+
+
 def _bad_kind():
   config = _config()
   config.data.kind = "scenes"

@@ -303,6 +303,41 @@ def test_enter_leave_intervals(train_bank):
   np.testing.assert_array_equal(out["boxes"][shown], full["boxes"][shown])
 
 
+def test_enter_leave_fraction_mixes_whole_sequences(train_bank):
+  recipe = dataclasses.replace(SMALL, num_sequences=400, min_digits=1,
+                               enter_leave=True)
+  every = data.generate_sequences(recipe, *train_bank)
+  plain = data.generate_sequences(
+      dataclasses.replace(recipe, enter_leave=False), *train_bank)
+  half = data.generate_sequences(
+      dataclasses.replace(recipe, enter_leave_fraction=0.5), *train_bank)
+  used = (half["indices"] >= 0)[:, None, :]  # [n, 1, N]
+  follows_rule = np.all(half["presence"] == every["presence"], axis=(1, 2))
+  shows_all = np.all(half["presence"] == used, axis=(1, 2))
+  # Each sequence is one or the other, whole.
+  assert np.all(follows_rule | shows_all)
+  changes = ~shows_all  # sequences in which some digit enters or leaves
+  assert 0.3 < changes.mean() < 0.6  # 0.5 of sequences, most of them change
+  # Same digits and trajectories: only what is shown differs.
+  np.testing.assert_array_equal(half["indices"], every["indices"])
+  shown = half["presence"] == 1
+  np.testing.assert_array_equal(half["boxes"][shown], plain["boxes"][shown])
+  np.testing.assert_array_equal(half["images"][shows_all],
+                                plain["images"][shows_all])
+  np.testing.assert_array_equal(half["images"][follows_rule],
+                                every["images"][follows_rule])
+  # The ends: 0 shows everything, and 1 is the plain rule (same cache key).
+  none = data.generate_sequences(
+      dataclasses.replace(recipe, enter_leave_fraction=0.0), *train_bank)
+  np.testing.assert_array_equal(none["presence"], plain["presence"])
+  np.testing.assert_array_equal(none["images"], plain["images"])
+  assert (dataclasses.replace(recipe, enter_leave_fraction=1.0).to_json() ==
+          recipe.to_json())
+  assert "enter_leave_fraction" not in recipe.to_json()
+  assert "enter_leave_fraction" in dataclasses.replace(
+      recipe, enter_leave_fraction=0.5).to_json()
+
+
 def test_ink_outside_boxes_is_zero_for_sprites(sprite_bank):
   for enter_leave in (False, True):
     recipe = dataclasses.replace(SPRITES, enter_leave=enter_leave)
@@ -345,6 +380,9 @@ def test_bad_bank_raises_data_error(train_bank):
     ("velocity_noise", "0.3"),
     ("overlap", "sum"),
     ("enter_leave", 1),
+    ("enter_leave_fraction", 1.5),
+    ("enter_leave_fraction", "0.5"),
+    ("enter_leave_fraction", 0.5),  # without enter_leave
 ])
 def test_bad_recipe_raises_config_error(field, value):
   kwargs = {field: value}
@@ -363,6 +401,8 @@ def test_valid_recipes_validate():
   assert SMALL.validate() is SMALL
   dataclasses.replace(SMALL, num_frames=2).validate()
   dataclasses.replace(SMALL, num_frames=3, enter_leave=True).validate()
+  dataclasses.replace(SMALL, enter_leave=True,
+                      enter_leave_fraction=0.0).validate()
   dataclasses.replace(SPRITES, digit_size=12, canvas_size=12, speed_min=0.0,
                       speed_max=0.0, velocity_noise=0.0).validate()
 

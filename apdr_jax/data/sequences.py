@@ -28,7 +28,11 @@ early (``t_end`` uniform over ``t_start + 2..num_frames - 1`` when that range is
 not empty, else ``t_end = num_frames``). A digit keeps moving while it is not
 visible; it is simply not drawn, and its presence is 0. Frames may then hold
 fewer than ``min_digits`` digits (even none). With ``enter_leave=False`` every
-digit of a sequence is visible in every frame.
+digit of a sequence is visible in every frame. ``enter_leave_fraction`` below 1
+mixes the two: each sequence independently follows the entering and leaving
+rule with that probability, and shows every digit throughout otherwise (a
+training mix in which forgetting and later discovery happen, while most
+sequences look like the held-out ones).
 
 Boxes are the tight ink boxes of :mod:`apdr_jax.data.scenes` (pixels greater
 than ``INK_THRESHOLD`` times the digit's maximum), ``(x_min, y_min, x_max,
@@ -106,6 +110,10 @@ class SequenceRecipe:
       added to each velocity component every frame; ``>= 0``.
     overlap: one of ``scenes.OVERLAP_RULES`` (``'clip_sum'`` or ``'max'``).
     enter_leave: whether digits may enter and leave mid-sequence.
+    enter_leave_fraction: with ``enter_leave``, the probability that a
+      sequence's digits follow the entering and leaving rule (the others
+      show every digit in every frame); in ``[0, 1]``, and 1 unless
+      ``enter_leave``.
   """
 
   canvas_size: int = 50
@@ -122,6 +130,7 @@ class SequenceRecipe:
   velocity_noise: float = 0.3
   overlap: str = "clip_sum"
   enter_leave: bool = False
+  enter_leave_fraction: float = 1.0
 
   def validate(self) -> "SequenceRecipe":
     """Checks every field.
@@ -155,6 +164,17 @@ class SequenceRecipe:
       raise ConfigError(
           f"SequenceRecipe.enter_leave must be True or False, got "
           f"{self.enter_leave!r}.")
+    fraction = self.enter_leave_fraction
+    if (not _is_number(fraction) or not math.isfinite(fraction)
+        or not 0.0 <= fraction <= 1.0):
+      raise ConfigError(
+          f"SequenceRecipe.enter_leave_fraction must be a number in [0, 1], "
+          f"got {fraction!r}.")
+    if fraction != 1.0 and not self.enter_leave:
+      raise ConfigError(
+          f"SequenceRecipe.enter_leave_fraction={fraction!r} needs "
+          f"enter_leave=True (without it no sequence has entering or leaving "
+          f"digits).")
     min_frames = 3 if self.enter_leave else 1
     if self.num_frames < min_frames:
       raise ConfigError(
@@ -220,8 +240,11 @@ class SequenceRecipe:
         value = bool(value)
       elif _is_int(value):
         value = int(value)
-      elif field.name in ("speed_min", "speed_max", "velocity_noise"):
+      elif field.name in ("speed_min", "speed_max", "velocity_noise",
+                          "enter_leave_fraction"):
         value = float(value)
+      if field.name == "enter_leave_fraction" and value == 1.0:
+        continue  # the default: recipes from before the field keep their key
       fields[field.name] = value
     return json.dumps(fields, sort_keys=True)
 
@@ -322,6 +345,11 @@ def _intervals(recipe: SequenceRecipe, rng: np.random.Generator):
   offset = np.floor(end_draw * np.maximum(room, 1)).astype(np.int64)
   early_end = t_start + 2 + offset
   t_end = np.where(leaves & (room > 0), early_end, frames)
+  if recipe.enter_leave_fraction < 1.0:
+    # Drawn last, so that a fraction of 1 leaves every other draw as it was.
+    mixed = rng.random(n) < float(recipe.enter_leave_fraction)  # [n]
+    t_start = np.where(mixed[:, None], t_start, 0)
+    t_end = np.where(mixed[:, None], t_end, frames)
   return t_start.astype(np.int64), t_end.astype(np.int64)
 
 
