@@ -122,6 +122,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(config.get("search_margin", -1.0) < 0 or is_sequential(config),
        f"search_margin={config.get('search_margin')} applies to "
        "model_name='apdr' only (negative: off)")
+  need(config.get("best_of", 0) >= 0, f"best_of={config.get('best_of')} must "
+       "be >= 0 (0: off)")
+  need(config.get("best_of", 0) == 0 or is_sequential(config),
+       f"best_of={config.get('best_of')} applies to model_name='apdr' only")
   need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
        f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
   m = config.model

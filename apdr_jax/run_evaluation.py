@@ -90,12 +90,15 @@ def _counts_and_tracking(decomposed, test, num: int,
 
 def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
                        rng: jax.Array, rho: float,
-                       search_margin: float | None = None) -> tuple[dict, dict]:
+                       search_margin: float | None = None,
+                       best_of: int | None = None) -> tuple[dict, dict]:
   """Every held-out sequence metric of DESIGN §6 on the first `num`.
 
   With `search_margin >= 0` (default: `config.search_margin`) and APDR, the
   counts and tracking scores of `apdr.search_modes` are added under
-  `search_*` (the plain keys stay q's modes).
+  `search_*`; with `best_of > 0` (default: `config.best_of`), those of the
+  best of `best_of` samples of q per sequence (`sequence_evaluation.decompose`)
+  under `best_of_*`. The plain keys stay q's modes.
 
   Returns:
     (metrics dict of plain numbers, the decomposition for pictures).
@@ -114,6 +117,16 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     scores = _counts_and_tracking(searched, test, num, with_motmetrics=False)
     result.update({f"search_{k}": v for k, v in scores.items()})
     result["search_margin"] = float(search_margin)
+  if best_of is None:
+    best_of = config.get("best_of", 0)
+  if sequence_evaluation.is_apdr(mc) and best_of > 0:
+    best = sequence_evaluation.decompose(mc, params, sequences, rho=rho,
+                                         best_of=best_of,
+                                         rng=jax.random.fold_in(rng, 2))
+    scores = _counts_and_tracking(best, test, num, with_motmetrics=False)
+    result.update({f"best_of_{k}": v for k, v in scores.items()})
+    result["best_of"] = int(best_of)
+    result["best_of_mean_log_weight"] = float(best["log_weight"].mean())
   result.update(sequence_evaluation.bounds(mc, params, sequences, rng, rho,
                                            num_samples=iwae_samples))
   if sequence_evaluation.is_apdr(mc) and sequences.shape[1] >= 2:

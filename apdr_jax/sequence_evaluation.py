@@ -41,6 +41,28 @@ def _apdr_search(model_config, params, sequences, rho, with_canvas, margin):
                            with_canvas=with_canvas)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _apdr_best_sample(model_config, params, sequences, rng, num_samples, rho):
+  """q's sample of highest log-weight out of `num_samples`, per sequence.
+
+  Returns:
+    (`FrameOutputs` of the chosen samples, `[batch, T, ...]` each; their
+    log-weights `[batch]`).
+  """
+  gates = apdr.image_gates(model_config, params, sequences)
+
+  def one(key):
+    out = apdr.log_weight_terms(model_config, params, sequences, key, rho,
+                                gates=gates, with_canvas=True)
+    return out.terms.sum(-1), out.frames
+
+  log_weight, frames = jax.lax.map(one, jax.random.split(rng, num_samples))
+  best = jnp.argmax(log_weight, axis=0)  # [batch]
+  rows = jnp.arange(sequences.shape[0])
+  return (jax.tree.map(lambda x: x[best, rows], frames),
+          log_weight[best, rows])
+
+
 def _boxes(model_config, z_where):
   size = model_config.air.canvas_size
   return np.asarray(glimpse.box_corners(z_where, size, size))
@@ -48,7 +70,8 @@ def _boxes(model_config, z_where):
 
 def decompose(model_config, params, sequences: np.ndarray,
               batch_size: int = 50, search_margin: float = -1.0,
-              rho: float = 1e-5) -> dict:
+              rho: float = 1e-5, best_of: int = 0,
+              rng: jax.Array | None = None) -> dict:
   """Posterior modes of every frame: counts, boxes, ids, reconstructions.
 
   Args:
@@ -58,7 +81,13 @@ def decompose(model_config, params, sequences: np.ndarray,
     batch_size: sequences per evaluation batch.
     search_margin: APDR: when >= 0, q's modes refined by
       `apdr.search_modes` with this margin in nats (ignored for AIR).
-    rho: for the search, the discovery prior's ρ (it prices a discovery).
+    rho: the discovery prior's ρ (for the search, it prices a discovery; for
+      `best_of`, it is in the log-weights).
+    best_of: APDR: when > 0, instead of q's modes, the one of `best_of`
+      samples of q (whole sequences) with the highest log-weight
+      `log p(x, z) - log q(z | x)`: the mode of the importance-resampled
+      posterior that IWAE(`best_of`) uses. Adds `log_weight [num]`.
+    rng: key of the samples (`best_of` only; default `key(0)`).
 
   Returns:
     dict of numpy arrays: `counts [num, T]`, `presence [num, T, N]`,
@@ -78,6 +107,12 @@ def decompose(model_config, params, sequences: np.ndarray,
                 boxes=unflat(flat["boxes"]),
                 ids=np.where(presence > 0.5, slots, -1).astype(np.int32),
                 reconstructions=unflat(flat["reconstructions"]))
+  if best_of > 0 and search_margin >= 0:
+    raise ValueError("decompose: choose search_margin or best_of, not both")
+  if best_of > 0:
+    return _decompose_best_of(model_config, params, sequences, batch_size,
+                              rho, best_of,
+                              jax.random.key(0) if rng is None else rng)
   parts = []
   for start in range(0, num, batch_size):
     chunk = jnp.asarray(sequences[start:start + batch_size])
@@ -92,6 +127,26 @@ def decompose(model_config, params, sequences: np.ndarray,
   return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
               boxes=_boxes(model_config, z_where), ids=ids.astype(np.int32),
               reconstructions=canvas)
+
+
+def _decompose_best_of(model_config, params, sequences, batch_size, rho,
+                       best_of, rng) -> dict:
+  """`decompose` with `best_of` > 0 (see there)."""
+  parts = []
+  # K samples of a batch are held at once (with canvases): keep K * batch
+  # near the modes' batch.
+  batch_size = max(1, batch_size * 4 // best_of)
+  for index, start in enumerate(range(0, len(sequences), batch_size)):
+    chunk = jnp.asarray(sequences[start:start + batch_size])
+    f, log_weight = jax.device_get(_apdr_best_sample(
+        model_config, params, chunk, jax.random.fold_in(rng, index), best_of,
+        jnp.asarray(rho, jnp.float32)))
+    parts.append((f.presence, f.z_where, f.ids, f.canvas, log_weight))
+  presence, z_where, ids, canvas, log_weight = (np.concatenate(p)
+                                                for p in zip(*parts))
+  return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
+              boxes=_boxes(model_config, z_where), ids=ids.astype(np.int32),
+              reconstructions=canvas, log_weight=log_weight)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -134,5 +134,8 @@ def get_config() -> ml_collections.ConfigDict:
   # the model's evidence for it is higher by more than this many nats.
   # Negative: off. Chosen on training sequences (see the README).
   config.search_margin = -1.0
+  # APDR evaluation: also score the best of this many samples of q per
+  # sequence (highest log-weight; `best_of_*` keys). 0 = off.
+  config.best_of = 0
   config.progress_bar = True
   return config

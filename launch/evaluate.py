@@ -22,7 +22,10 @@ from `apdr.search_modes`: each frame, q's modes give way to a structure with
 a previous object forgotten (discovery then re-reads its ink) when the
 model's own evidence for it is higher by more than M nats. `--split=train`
 scores training scenes or sequences instead of held-out ones (to choose such
-settings without looking at the held-out data).
+settings without looking at the held-out data). `--best_of=K` (APDR, K >= 1)
+adds `best_of_*` counts and tracking scores from the one of K samples of q
+per sequence with the highest log-weight (with --images, the boxes and ids
+come from it).
 """
 
 import json
@@ -45,6 +48,10 @@ _SEARCH_MARGIN = flags.DEFINE_float(
     "search_margin", None, "APDR: also score `apdr.search_modes` with this "
     "margin in nats (search_* keys; with --images, the boxes and ids come "
     "from it). Default: the workdir config's search_margin; negative: off.")
+_BEST_OF = flags.DEFINE_integer(
+    "best_of", None, "APDR: also score the best of K samples of q per "
+    "sequence, by log-weight (best_of_* keys; with --images, the boxes and "
+    "ids come from it). Default: the workdir config's best_of; 0: off.")
 _SPLIT = flags.DEFINE_enum(
     "split", "test", ["test", "train"], "Which scenes or sequences to score: "
     "the held-out ones, or the training ones (to choose evaluation-time "
@@ -61,14 +68,14 @@ def main(argv):
   with common.user_errors():
     result = run(_WORKDIR.value, _IMAGES.value, _OUT.value,
                  _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value,
-                 _SEARCH_MARGIN.value, _SPLIT.value)
+                 _SEARCH_MARGIN.value, _SPLIT.value, _BEST_OF.value)
   print(common.format_result(
       {k: v for k, v in result.items() if not isinstance(v, list)}))
 
 
 def run(workdir, images_path, out_path, iwae_samples, num_scenes,
         explain: int = 0, search_margin: float | None = None,
-        split: str = "test") -> dict:
+        split: str = "test", best_of: int | None = None) -> dict:
   import jax
   from apdr_jax import (checkpoints, data, evaluation, plotting, run_config,
                         train)
@@ -78,6 +85,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     raise ConfigError("--iwae_samples and --num_scenes must be >= 1")
   if explain < 0:
     raise ConfigError(f"--explain={explain} must be >= 0")
+  if best_of is not None and best_of < 0:
+    raise ConfigError(f"--best_of={best_of} must be >= 0 (0: off)")
   if split not in ("test", "train"):
     raise ConfigError(f"--split={split!r}; use 'test' or 'train'")
   config = checkpoints.load_config(workdir)
@@ -93,10 +102,12 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
       not run_config.is_sequential(config)):
     raise ConfigError("--search_margin applies to APDR workdirs "
                       "(model_name='apdr')")
+  if best_of and not run_config.is_sequential(config):
+    raise ConfigError("--best_of applies to APDR workdirs (model_name='apdr')")
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
                           out_path, iwae_samples, num_scenes, explain,
-                          search_margin, split)
+                          search_margin, split, best_of)
   picture = os.path.splitext(out_path)[0] + ".png"
   result = {"workdir": workdir, "step": int(step), "split": split}
   if images_path:
@@ -139,10 +150,11 @@ def _scored_split(config, split: str) -> dict:
 
 def _run_sequences(config, state, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes, explain=0,
-                   search_margin=None, split="test") -> dict:
+                   search_margin=None, split="test", best_of=None) -> dict:
   import jax
   from apdr_jax import (data, run_config, run_evaluation,
                         sequence_evaluation)
+  from apdr_jax.errors import ConfigError
 
   mc = run_config.model_config(config)
   canvas = config.data.canvas_size
@@ -151,12 +163,22 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
   rho = float(run_config.rho_at(config, step))
   if search_margin is None:
     search_margin = config.get("search_margin", -1.0)
+  if best_of is None:
+    best_of = config.get("best_of", 0)
+  if best_of > 0 and search_margin >= 0 and images_path:
+    raise ConfigError(f"--images: the boxes and ids come from one inference; "
+                      f"choose --best_of={best_of} or --search_margin="
+                      f"{search_margin}, not both (--search_margin=-1 or "
+                      f"--best_of=0 turns one off)")
   if images_path:
     sequences = data.load_user_images(images_path, canvas, sequences=True)
     decomposed = sequence_evaluation.decompose(
-        mc, state.params, sequences, search_margin=search_margin, rho=rho)
+        mc, state.params, sequences, search_margin=search_margin, rho=rho,
+        best_of=best_of)
     if search_margin >= 0:
       result["search_margin"] = float(search_margin)
+    if best_of > 0:
+      result["best_of"] = int(best_of)
     result["num_sequences"] = len(sequences)
     result["sequences"] = [
         {"index": i, "frames": [
@@ -173,7 +195,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     num = min(num_scenes, len(test["images"]))
     metrics, decomposed = run_evaluation.evaluate_sequences(
         config, state.params, test, num, iwae_samples, jax.random.key(0),
-        rho, search_margin)
+        rho, search_margin, best_of)
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
     if explain:

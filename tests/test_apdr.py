@@ -885,3 +885,32 @@ def test_search_forgets_an_object_q_keeps_on_an_empty_frame():
   np.testing.assert_array_equal(out.ids[:, :, 0], [[0, -1, 1], [0, 0, 0]])
   with pytest.raises(ValueError, match="score"):
     apdr.search_modes(config, params, both, jnp.asarray(0.3), score="elbo")
+
+
+def test_best_of_picks_the_sample_of_highest_log_weight(params):
+  """`decompose(best_of=K)` against K samples drawn independently with the
+  same keys: its log-weight is their maximum, its objects that sample's."""
+  from apdr_jax import sequence_evaluation
+  images, rho, k, rng = _sequences(3, 3), 0.3, 4, jax.random.key(5)
+  best = sequence_evaluation.decompose(TINY, params, np.asarray(images),
+                                       batch_size=40, rho=rho, best_of=k,
+                                       rng=rng)
+  # One chunk of 3 sequences (40 * 4 // K >= 3): its key is fold_in(rng, 0).
+  keys = jax.random.split(jax.random.fold_in(rng, 0), k)
+  samples = [apdr.log_weight_terms(TINY, params, images, key, rho)
+             for key in keys]
+  log_weights = np.stack([np.asarray(s.terms.sum(-1)) for s in samples])
+  chex.assert_shape(best["log_weight"], (3,))
+  np.testing.assert_allclose(best["log_weight"], log_weights.max(0),
+                             rtol=1e-5, atol=1e-3)
+  for row, index in enumerate(log_weights.argmax(0)):
+    np.testing.assert_array_equal(best["ids"][row],
+                                  samples[index].frames.ids[row])
+    np.testing.assert_array_equal(best["presence"][row],
+                                  samples[index].frames.presence[row])
+  chex.assert_shape(best["boxes"], (3, 3, TINY.num_slots, 4))
+  chex.assert_shape(best["reconstructions"], (3, 3, 16, 16))
+  with pytest.raises(ValueError, match="best_of"):
+    sequence_evaluation.decompose(TINY, params, np.asarray(images),
+                                  search_margin=0.0, best_of=2)
+

@@ -49,6 +49,11 @@ def test_bad_apdr_config_values_raise_clear_errors():
     config.data.kind = "sequences"
     config.search_margin = 10.0
     run_config.validate_config(config)
+  with pytest.raises(ConfigError, match="best_of"):
+    run_config.validate_config(_config(best_of=-1))
+  with pytest.raises(ConfigError, match="best_of"):
+    config = _config(model_name="air", best_of=5)
+    run_config.validate_config(config)
   for field, value in (("propagation_glimpse", "centre"),
                        ("prior_survival_init", 1.0), ("survival_init", 0.0)):
     config = _config()
@@ -153,6 +158,11 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
     assert 0.0 <= searched[f"search_{key}"] <= 1.0 or np.isnan(
         searched[f"search_{key}"]), key
   assert "search_mota" in searched and "search_idf1" in searched
+  best = evaluate.run(path, None, str(tmp_path / "best.json"), 2, 4,
+                      best_of=3)
+  assert best["best_of"] == 3 and np.isfinite(best["best_of_mean_log_weight"])
+  for key in ("frame_count_accuracy", "tracking_consistency", "mota"):
+    assert f"best_of_{key}" in best, key
   explained = evaluate.run(path, None, str(tmp_path / "explain.json"), 2, 4,
                            explain=2)["explained"]
   from apdr_jax import checkpoints, input_pipeline
@@ -174,6 +184,14 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
                2, 4)
   saved = json.loads((tmp_path / "mine.json").read_text())
   assert len(saved["sequences"]) == 2
+  best = evaluate.run(path, str(tmp_path / "mine.npy"),
+                      str(tmp_path / "mine_best.json"), 2, 4, best_of=2)
+  assert best["best_of"] == 2 and len(best["sequences"]) == 2
+  with pytest.raises(ConfigError, match="best_of"):
+    evaluate.run(path, str(tmp_path / "mine.npy"), str(tmp_path / "x.json"),
+                 2, 4, best_of=2, search_margin=0.0)
+  with pytest.raises(ConfigError, match="best_of"):
+    evaluate.run(path, None, str(tmp_path / "x.json"), 2, 4, best_of=-1)
   for sequence in saved["sequences"]:
     assert len(sequence["frames"]) == 3
     for frame in sequence["frames"]:
