@@ -1,5 +1,5 @@
 """`apdr_from_air_refresh` trained on sequences half of which have digits
-entering and leaving (the held-out sequences are unchanged).
+entering and leaving (the held-out sequences are unchanged), for 2,500 steps.
 
   python -m launch.train --config=configs/air_moving_mnist.py --workdir=runs/air_frames
   python -m launch.train --config=configs/apdr_from_air_mix.py \\
@@ -10,10 +10,17 @@ q's survival and its discovery after frame 0 are never trained to fire: in
 `runs/r5` (`apdr_from_air_refresh`) an error made once (a duplicate kept, or
 two digits merged in frame 0 and never split) lasted to the last frame
 (README, "4,000 steps and a search over forgetting"). Here half the
-training sequences follow the entering-and-leaving rule, so q learns to drop
-an object whose ink is gone and to discover ink that nothing explains. The
-schedule is `runs/r5`'s (4,000 steps, all 10 frames from step 3,500; about
-85 minutes on the 2-core CPU), so the two runs differ in the data only.
+training sequences follow the entering-and-leaving rule.
+
+2,500 steps (about 45 minutes on the 2-core CPU; 3 frames first, one more
+every 500 steps): `runs/mix` trained `runs/r5`'s 4,000 steps with this
+data, and on 200 *training* sequences without entering and leaving digits
+its step-2,500 checkpoint scored best (best of 20 samples: counts 94.3%,
+tracking 0.914; steps 3,000-4,000: 93.4-93.6%, 0.884-0.896): once the
+curriculum reaches 8 frames, q's survival falls to 0.89 and ids switch.
+The learning rate is constant, so this config's run is that run's first
+2,500 steps. The final evaluation also scores the best of 20 samples of q
+per sequence (`best_of_*` keys); the README has the held-out figures.
 """
 
 from configs import apdr_from_air_refresh
@@ -22,5 +29,9 @@ from configs import apdr_from_air_refresh
 def get_config():
   config = apdr_from_air_refresh.get_config()
   config.data.train_enter_leave_fraction = 0.5
-  config.num_steps = 4_000
+  config.num_steps = 2_500
+  config.best_of = 20
+  # The search's margin was chosen for runs/r5; its tracking is below the
+  # best-of-K decoding's, so it is off here.
+  config.search_margin = -1.0
   return config

@@ -238,3 +238,13 @@ def test_air_baseline_trains_and_evaluates_on_sequences(tmp_path):
     train.init_from_air_workdir(
         wider, train.create_train_state(wider, jax.random.key(3)),
         str(tmp_path))
+
+
+@pytest.mark.parametrize("name", sorted(
+    f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
+                                            "configs"))
+    if f.endswith(".py") and f != "__init__.py"))
+def test_every_config_validates(name):
+  import importlib
+  config = importlib.import_module(f"configs.{name}").get_config()
+  run_config.validate_config(config)
