@@ -87,6 +87,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        f"data.kind={config.data.get('kind')!r}; use one of {DATA_KINDS}")
   need(not is_sequential(config) or config.data.kind == "sequences",
        "model_name='apdr' needs data.kind='sequences'")
+  need(config.data.get("train_enter_leave_fraction", 0.0) == 0.0 or
+       config.data.get("kind") == "sequences",
+       "data.train_enter_leave_fraction applies to data.kind='sequences' only")
   if config.data.get("kind") == "sequences":
     need(config.data.num_frames >= 1,
          f"data.num_frames={config.data.num_frames} must be >= 1")

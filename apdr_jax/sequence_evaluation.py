@@ -110,13 +110,19 @@ def decompose(model_config, params, sequences: np.ndarray,
   if best_of > 0 and search_margin >= 0:
     raise ValueError("decompose: choose search_margin or best_of, not both")
   if best_of > 0:
-    return _decompose_best_of(model_config, params, sequences, batch_size,
-                              rho, best_of,
-                              jax.random.key(0) if rng is None else rng)
-  parts = []
-  for start in range(0, num, batch_size):
+    rng = jax.random.key(0) if rng is None else rng
+    # K samples of a batch are held at once (with canvases): keep K * batch
+    # near the modes' batch.
+    batch_size = max(1, batch_size * 4 // best_of)
+  parts, log_weights = [], []
+  for index, start in enumerate(range(0, num, batch_size)):
     chunk = jnp.asarray(sequences[start:start + batch_size])
-    if search_margin >= 0:
+    if best_of > 0:
+      f, log_weight = jax.device_get(_apdr_best_sample(
+          model_config, params, chunk, jax.random.fold_in(rng, index),
+          best_of, jnp.asarray(rho, jnp.float32)))
+      log_weights.append(log_weight)
+    elif search_margin >= 0:
       f = jax.device_get(_apdr_search(model_config, params, chunk,
                                       jnp.asarray(rho, jnp.float32), True,
                                       float(search_margin)))
@@ -124,29 +130,12 @@ def decompose(model_config, params, sequences: np.ndarray,
       f = jax.device_get(_apdr_modes(model_config, params, chunk, True))
     parts.append((f.presence, f.z_where, f.ids, f.canvas))
   presence, z_where, ids, canvas = (np.concatenate(p) for p in zip(*parts))
-  return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
-              boxes=_boxes(model_config, z_where), ids=ids.astype(np.int32),
-              reconstructions=canvas)
-
-
-def _decompose_best_of(model_config, params, sequences, batch_size, rho,
-                       best_of, rng) -> dict:
-  """`decompose` with `best_of` > 0 (see there)."""
-  parts = []
-  # K samples of a batch are held at once (with canvases): keep K * batch
-  # near the modes' batch.
-  batch_size = max(1, batch_size * 4 // best_of)
-  for index, start in enumerate(range(0, len(sequences), batch_size)):
-    chunk = jnp.asarray(sequences[start:start + batch_size])
-    f, log_weight = jax.device_get(_apdr_best_sample(
-        model_config, params, chunk, jax.random.fold_in(rng, index), best_of,
-        jnp.asarray(rho, jnp.float32)))
-    parts.append((f.presence, f.z_where, f.ids, f.canvas, log_weight))
-  presence, z_where, ids, canvas, log_weight = (np.concatenate(p)
-                                                for p in zip(*parts))
-  return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
-              boxes=_boxes(model_config, z_where), ids=ids.astype(np.int32),
-              reconstructions=canvas, log_weight=log_weight)
+  result = dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
+                boxes=_boxes(model_config, z_where), ids=ids.astype(np.int32),
+                reconstructions=canvas)
+  if log_weights:
+    result["log_weight"] = np.concatenate(log_weights)
+  return result
 
 
 @functools.partial(jax.jit, static_argnums=(0, 4))

@@ -82,6 +82,11 @@ def test_train_enter_leave_fraction_mixes_training_sequences_only():
     config.data.enter_leave = enter_leave
     with pytest.raises(ConfigError, match="train_enter_leave_fraction"):
       run_config.validate_config(config)
+  scenes = _config(model_name="air")
+  scenes.data.kind = "scenes"
+  scenes.data.train_enter_leave_fraction = 0.5
+  with pytest.raises(ConfigError, match="train_enter_leave_fraction"):
+    run_config.validate_config(scenes)
 
 
 def _bad_kind():
