@@ -129,6 +129,10 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "be >= 0 (0: off)")
   need(config.get("best_of", 0) == 0 or is_sequential(config),
        f"best_of={config.get('best_of')} applies to model_name='apdr' only")
+  need(not config.get("both_directions", False) or
+       config.get("best_of", 0) > 0,
+       "both_directions=True needs best_of > 0 (it reads each sequence "
+       "backward too and keeps the better of the two best-of-K samples)")
   need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
        f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
   m = config.model

@@ -91,14 +91,20 @@ def _counts_and_tracking(decomposed, test, num: int,
 def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
                        rng: jax.Array, rho: float,
                        search_margin: float | None = None,
-                       best_of: int | None = None) -> tuple[dict, dict]:
+                       best_of: int | None = None,
+                       both_directions: bool | None = None
+                       ) -> tuple[dict, dict]:
   """Every held-out sequence metric of DESIGN §6 on the first `num`.
 
   With `search_margin >= 0` (default: `config.search_margin`) and APDR, the
   counts and tracking scores of `apdr.search_modes` are added under
   `search_*`; with `best_of > 0` (default: `config.best_of`), those of the
   best of `best_of` samples of q per sequence (`sequence_evaluation.decompose`)
-  under `best_of_*`. The plain keys stay q's modes.
+  under `best_of_*`; and with `both_directions` too (default:
+  `config.both_directions`), those of the better of that and the best of
+  `best_of` samples reading the sequence backward
+  (`sequence_evaluation.choose_direction`) under `both_directions_*`. The
+  plain keys stay q's modes.
 
   Returns:
     (metrics dict of plain numbers, the decomposition for pictures).
@@ -127,6 +133,19 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     result.update({f"best_of_{k}": v for k, v in scores.items()})
     result["best_of"] = int(best_of)
     result["best_of_mean_log_weight"] = float(best["log_weight"].mean())
+    if both_directions is None:
+      both_directions = config.get("both_directions", False)
+    if both_directions:
+      both = sequence_evaluation.choose_direction(
+          best, sequence_evaluation.decompose_backward(
+              mc, params, sequences, rho, best_of,
+              jax.random.fold_in(rng, 2)))
+      scores = _counts_and_tracking(both, test, num, with_motmetrics=False)
+      result.update({f"both_directions_{k}": v for k, v in scores.items()})
+      result["both_directions_backward_fraction"] = float(
+          both["backward"].mean())
+      result["both_directions_mean_log_weight"] = float(
+          both["log_weight"].mean())
   result.update(sequence_evaluation.bounds(mc, params, sequences, rng, rho,
                                            num_samples=iwae_samples))
   if sequence_evaluation.is_apdr(mc) and sequences.shape[1] >= 2:

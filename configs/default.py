@@ -137,5 +137,9 @@ def get_config() -> ml_collections.ConfigDict:
   # APDR evaluation: also score the best of this many samples of q per
   # sequence (highest log-weight; `best_of_*` keys). 0 = off.
   config.best_of = 0
+  # With best_of: also the best of best_of samples reading each sequence
+  # from its last frame back, keeping per sequence the reading of higher
+  # log-weight (`both_directions_*` keys).
+  config.both_directions = False
   config.progress_bar = True
   return config

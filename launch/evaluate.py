@@ -25,7 +25,10 @@ scores training scenes or sequences instead of held-out ones (to choose such
 settings without looking at the held-out data). `--best_of=K` (APDR, K >= 1)
 adds `best_of_*` counts and tracking scores from the one of K samples of q
 per sequence with the highest log-weight (with --images, the boxes and ids
-come from it).
+come from it). `--both_directions` (with K) adds `both_directions_*`: per
+sequence, the better by log-weight of that sample and the best of K samples
+reading the sequence from its last frame back (with --images, the boxes and
+ids come from it).
 """
 
 import json
@@ -52,6 +55,11 @@ _BEST_OF = flags.DEFINE_integer(
     "best_of", None, "APDR: also score the best of K samples of q per "
     "sequence, by log-weight (best_of_* keys; with --images, the boxes and "
     "ids come from it). Default: the workdir config's best_of; 0: off.")
+_BOTH_DIRECTIONS = flags.DEFINE_bool(
+    "both_directions", None, "APDR with --best_of: also read each sequence "
+    "backward and keep, per sequence, the reading whose best sample has the "
+    "higher log-weight (both_directions_* keys; with --images, the boxes and "
+    "ids come from it). Default: the workdir config's both_directions.")
 _SPLIT = flags.DEFINE_enum(
     "split", "test", ["test", "train"], "Which scenes or sequences to score: "
     "the held-out ones, or the training ones (to choose evaluation-time "
@@ -68,14 +76,16 @@ def main(argv):
   with common.user_errors():
     result = run(_WORKDIR.value, _IMAGES.value, _OUT.value,
                  _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value,
-                 _SEARCH_MARGIN.value, _SPLIT.value, _BEST_OF.value)
+                 _SEARCH_MARGIN.value, _SPLIT.value, _BEST_OF.value,
+                 _BOTH_DIRECTIONS.value)
   print(common.format_result(
       {k: v for k, v in result.items() if not isinstance(v, list)}))
 
 
 def run(workdir, images_path, out_path, iwae_samples, num_scenes,
         explain: int = 0, search_margin: float | None = None,
-        split: str = "test", best_of: int | None = None) -> dict:
+        split: str = "test", best_of: int | None = None,
+        both_directions: bool | None = None) -> dict:
   import jax
   from apdr_jax import (checkpoints, data, evaluation, plotting, run_config,
                         train)
@@ -104,10 +114,13 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
                       "(model_name='apdr')")
   if best_of and not run_config.is_sequential(config):
     raise ConfigError("--best_of applies to APDR workdirs (model_name='apdr')")
+  if both_directions and not run_config.is_sequential(config):
+    raise ConfigError("--both_directions applies to APDR workdirs "
+                      "(model_name='apdr')")
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
                           out_path, iwae_samples, num_scenes, explain,
-                          search_margin, split, best_of)
+                          search_margin, split, best_of, both_directions)
   picture = os.path.splitext(out_path)[0] + ".png"
   result = {"workdir": workdir, "step": int(step), "split": split}
   if images_path:
@@ -150,7 +163,8 @@ def _scored_split(config, split: str) -> dict:
 
 def _run_sequences(config, state, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes, explain=0,
-                   search_margin=None, split="test", best_of=None) -> dict:
+                   search_margin=None, split="test", best_of=None,
+                   both_directions=None) -> dict:
   import jax
   from apdr_jax import (data, run_config, run_evaluation,
                         sequence_evaluation)
@@ -165,6 +179,12 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     search_margin = config.get("search_margin", -1.0)
   if best_of is None:
     best_of = config.get("best_of", 0)
+  if both_directions is None:
+    both_directions = config.get("both_directions", False)
+  if both_directions and best_of <= 0:
+    raise ConfigError("--both_directions needs --best_of=K with K >= 1 (it "
+                      "keeps the better of the best forward and the best "
+                      "backward sample of K)")
   if best_of > 0 and search_margin >= 0 and images_path:
     raise ConfigError(f"--images: the boxes and ids come from one inference; "
                       f"choose --best_of={best_of} or --search_margin="
@@ -174,11 +194,14 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     sequences = data.load_user_images(images_path, canvas, sequences=True)
     decomposed = sequence_evaluation.decompose(
         mc, state.params, sequences, search_margin=search_margin, rho=rho,
-        best_of=best_of)
+        best_of=best_of, both_directions=bool(both_directions))
     if search_margin >= 0:
       result["search_margin"] = float(search_margin)
     if best_of > 0:
       result["best_of"] = int(best_of)
+    if both_directions:
+      result["both_directions"] = True
+      result["backward"] = [bool(b) for b in decomposed["backward"]]
     result["num_sequences"] = len(sequences)
     result["sequences"] = [
         {"index": i, "frames": [
@@ -195,7 +218,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     num = min(num_scenes, len(test["images"]))
     metrics, decomposed = run_evaluation.evaluate_sequences(
         config, state.params, test, num, iwae_samples, jax.random.key(0),
-        rho, search_margin, best_of)
+        rho, search_margin, best_of, both_directions)
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
     if explain:

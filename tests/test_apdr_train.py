@@ -54,6 +54,9 @@ def test_bad_apdr_config_values_raise_clear_errors():
   with pytest.raises(ConfigError, match="best_of"):
     config = _config(model_name="air", best_of=5)
     run_config.validate_config(config)
+  with pytest.raises(ConfigError, match="both_directions"):
+    run_config.validate_config(_config(both_directions=True))
+  run_config.validate_config(_config(both_directions=True, best_of=2))
   for field, value in (("propagation_glimpse", "centre"),
                        ("prior_survival_init", 1.0), ("survival_init", 0.0)):
     config = _config()
@@ -168,6 +171,18 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
   assert best["best_of"] == 3 and np.isfinite(best["best_of_mean_log_weight"])
   for key in ("frame_count_accuracy", "tracking_consistency", "mota"):
     assert f"best_of_{key}" in best, key
+  both = evaluate.run(path, None, str(tmp_path / "both.json"), 2, 4,
+                      best_of=2, both_directions=True)
+  assert 0.0 <= both["both_directions_backward_fraction"] <= 1.0
+  # Per sequence the better of two readings: never below the forward one.
+  assert (both["both_directions_mean_log_weight"] >=
+          both["best_of_mean_log_weight"] - 1e-3)
+  for key in ("frame_count_accuracy", "tracking_consistency", "mota"):
+    assert f"both_directions_{key}" in both, key
+  assert not any(k.startswith("both_directions_") for k in best)
+  with pytest.raises(ConfigError, match="both_directions"):
+    evaluate.run(path, None, str(tmp_path / "x.json"), 2, 4, best_of=0,
+                 both_directions=True)
   explained = evaluate.run(path, None, str(tmp_path / "explain.json"), 2, 4,
                            explain=2)["explained"]
   from apdr_jax import checkpoints, input_pipeline
@@ -192,6 +207,10 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
   best = evaluate.run(path, str(tmp_path / "mine.npy"),
                       str(tmp_path / "mine_best.json"), 2, 4, best_of=2)
   assert best["best_of"] == 2 and len(best["sequences"]) == 2
+  both = evaluate.run(path, str(tmp_path / "mine.npy"),
+                      str(tmp_path / "mine_both.json"), 2, 4, best_of=2,
+                      both_directions=True)
+  assert both["both_directions"] and len(both["backward"]) == 2
   with pytest.raises(ConfigError, match="best_of"):
     evaluate.run(path, str(tmp_path / "mine.npy"), str(tmp_path / "x.json"),
                  2, 4, best_of=2, search_margin=0.0)
