@@ -110,6 +110,13 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     (metrics dict of plain numbers, the decomposition for pictures).
   """
   mc = run_config.model_config(config)
+  if best_of is None:
+    best_of = config.get("best_of", 0)
+  if both_directions is None:
+    both_directions = config.get("both_directions", False)
+  if both_directions and not (sequence_evaluation.is_apdr(mc) and best_of > 0):
+    raise ValueError("evaluate_sequences: both_directions needs an APDR model "
+                     f"and best_of > 0 (got best_of={best_of})")
   params = host_params(params)
   sequences = data.to_float(test["images"][:num])
   decomposed = sequence_evaluation.decompose(mc, params, sequences)
@@ -123,8 +130,6 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     scores = _counts_and_tracking(searched, test, num, with_motmetrics=False)
     result.update({f"search_{k}": v for k, v in scores.items()})
     result["search_margin"] = float(search_margin)
-  if best_of is None:
-    best_of = config.get("best_of", 0)
   if sequence_evaluation.is_apdr(mc) and best_of > 0:
     best = sequence_evaluation.decompose(mc, params, sequences, rho=rho,
                                          best_of=best_of,
@@ -133,8 +138,6 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     result.update({f"best_of_{k}": v for k, v in scores.items()})
     result["best_of"] = int(best_of)
     result["best_of_mean_log_weight"] = float(best["log_weight"].mean())
-    if both_directions is None:
-      both_directions = config.get("both_directions", False)
     if both_directions:
       both = sequence_evaluation.choose_direction(
           best, sequence_evaluation.decompose_backward(

@@ -88,16 +88,18 @@ def decompose(model_config, params, sequences: np.ndarray,
       samples of q (whole sequences) with the highest log-weight
       `log p(x, z) - log q(z | x)`: the mode of the importance-resampled
       posterior that IWAE(`best_of`) uses. Adds `log_weight [num]`.
-    rng: key of the samples (`best_of` only; default `key(0)`).
+    rng: key of the samples (`best_of` only; default `key(0)`); the
+      backward reading's come from `fold_in(rng, _BACKWARD_STREAM)`.
     both_directions: APDR with `best_of`: also draw `best_of` samples of q
       reading each sequence backward in time and keep, per sequence, the
       reading whose best sample has the higher log-weight
-      (`choose_direction`). Adds `backward [num]` (bool).
+      (`choose_direction`; an offline reading, it needs whole sequences).
 
   Returns:
     dict of numpy arrays: `counts [num, T]`, `presence [num, T, N]`,
     `boxes [num, T, N, 4]`, `ids [num, T, N]` (-1 where absent),
-    `reconstructions [num, T, H, W]`.
+    `reconstructions [num, T, H, W]`; with `best_of`, `log_weight [num]`;
+    with `both_directions`, `backward [num]` (bool, the reading kept).
   """
   if both_directions:
     if best_of <= 0 or not is_apdr(model_config):
@@ -159,8 +161,12 @@ _BACKWARD_STREAM = 0x7FFFFFFF
 
 
 def reverse_time(decomposed: dict) -> dict:
-  """A decomposition with its frames in reverse order (per-sequence values,
-  such as `log_weight [num]`, unchanged)."""
+  """A decomposition with its frames in reverse order.
+
+  Every array with two or more axes is taken to be `[num, T, ...]` (all of
+  `decompose`'s are) and flipped on axis 1; one-axis values such as
+  `log_weight [num]` are per sequence and stay as they are.
+  """
   return {k: (np.ascontiguousarray(v[:, ::-1]) if np.ndim(v) >= 2 else v)
           for k, v in decomposed.items()}
 
@@ -173,10 +179,14 @@ def decompose_backward(model_config, params, sequences: np.ndarray,
 
   The model's dynamics have no direction of time built in that the data lack
   (bouncing, noisy velocities; digits that enter mirror digits that leave),
-  so a reading backward is a decomposition of the same sequence under the
-  same model, and its log-weight `log p(x', z) - log q(z | x')` (x' the
-  reversed sequence) estimates the same kind of quantity as the forward one.
-  Why read backward at all: q commits at frame 0. Two digits that overlap
+  so a reading backward is a decomposition of the same sequence by a model
+  trained on data like it, and its log-weight `log p(x', z) - log q(z | x')`
+  (x' the reversed sequence) estimates `log p(x')`, which a model trained on
+  such data puts close to `log p(x)` (its learned dynamics, the survival
+  prior among them, need not be exactly reversible). Comparing the two
+  readings' log-weights is therefore a heuristic for choosing an
+  explanation, and the kept log-weight is the larger of two estimates, not
+  a bound. Why read backward at all: q commits at frame 0. Two digits that overlap
   there are explained by one object, and that error lasts until discovery
   splits them; read from the end, where they are apart, both are tracked
   through the overlap.
@@ -190,7 +200,11 @@ def decompose_backward(model_config, params, sequences: np.ndarray,
 
 def choose_direction(forward: dict, backward: dict) -> dict:
   """Per sequence, the reading (forward or backward, both with `log_weight`)
-  of higher log-weight; `backward [num]` says which was chosen."""
+  of higher log-weight (a tie keeps the forward one); `backward [num]` says
+  which was chosen."""
+  if "log_weight" not in forward or "log_weight" not in backward:
+    raise ValueError("choose_direction: both readings need `log_weight` "
+                     "(decompose them with best_of > 0)")
   chosen = backward["log_weight"] > forward["log_weight"]
   result = {k: np.where(chosen.reshape((-1,) + (1,) * (np.ndim(v) - 1)),
                         backward[k], v) for k, v in forward.items()}

@@ -180,7 +180,8 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
   if best_of is None:
     best_of = config.get("best_of", 0)
   if both_directions is None:
-    both_directions = config.get("both_directions", False)
+    # From the workdir's config: --best_of=0 turns it off with best-of.
+    both_directions = config.get("both_directions", False) and best_of > 0
   if both_directions and best_of <= 0:
     raise ConfigError("--both_directions needs --best_of=K with K >= 1 (it "
                       "keeps the better of the best forward and the best "

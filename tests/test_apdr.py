@@ -915,7 +915,6 @@ def test_best_of_picks_the_sample_of_highest_log_weight(params):
                                   search_margin=0.0, best_of=2)
 
 
-
 def test_both_directions_keeps_the_reading_of_higher_log_weight():
   """q is wired to keep every object. A square that leaves after frame 0 is
   kept by the forward reading (all ones drawn on empty frames) but never
@@ -949,6 +948,18 @@ def test_both_directions_keeps_the_reading_of_higher_log_weight():
   chex.assert_shape(both["reconstructions"], (2, 3, 16, 16))
   np.testing.assert_allclose(both["reconstructions"][0, 0].max(), 1.0,
                              atol=1e-3)
+  # The backward reading draws samples of its own: on a sequence that reads
+  # the same both ways, the two readings' best samples still differ.
+  palindrome = np.asarray(_centre_square([0, 1, 2], 3))
+  assert not np.allclose(
+      sequence_evaluation.decompose(TINY, params, palindrome,
+                                    **kwargs)["log_weight"],
+      sequence_evaluation.decompose_backward(
+          TINY, params, palindrome, kwargs["rho"], 2,
+          kwargs["rng"])["log_weight"])
+  with pytest.raises(ValueError, match="log_weight"):
+    sequence_evaluation.choose_direction({"counts": forward["counts"]},
+                                         backward)
   for bad in (dict(best_of=0), dict(search_margin=0.0)):
     with pytest.raises(ValueError, match="both_directions|search_margin"):
       sequence_evaluation.decompose(

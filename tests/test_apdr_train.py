@@ -4,6 +4,7 @@ evaluation of held-out and user sequences."""
 
 import json
 import os
+import shutil
 
 import chex
 import jax
@@ -172,17 +173,35 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
   for key in ("frame_count_accuracy", "tracking_consistency", "mota"):
     assert f"best_of_{key}" in best, key
   both = evaluate.run(path, None, str(tmp_path / "both.json"), 2, 4,
-                      best_of=2, both_directions=True)
+                      best_of=3, both_directions=True)
   assert 0.0 <= both["both_directions_backward_fraction"] <= 1.0
   # Per sequence the better of two readings: never below the forward one.
   assert (both["both_directions_mean_log_weight"] >=
           both["best_of_mean_log_weight"] - 1e-3)
+  # The backward reading has keys of its own: the forward figures are those
+  # of the run without it.
+  for key in ("best_of_mean_log_weight", "best_of_frame_count_accuracy",
+              "best_of_tracking_consistency", "best_of_mota"):
+    assert both[key] == best[key], key
   for key in ("frame_count_accuracy", "tracking_consistency", "mota"):
     assert f"both_directions_{key}" in both, key
   assert not any(k.startswith("both_directions_") for k in best)
   with pytest.raises(ConfigError, match="both_directions"):
     evaluate.run(path, None, str(tmp_path / "x.json"), 2, 4, best_of=0,
                  both_directions=True)
+  # A workdir whose config asks for both directions: --best_of=0 turns
+  # best-of off with it, instead of an error about a flag never passed.
+  both_dir = tmp_path / "both_workdir"
+  shutil.copytree(path, both_dir)
+  saved = json.loads((both_dir / "config.json").read_text())
+  saved.update(best_of=2, both_directions=True)
+  (both_dir / "config.json").write_text(json.dumps(saved))
+  plain = evaluate.run(str(both_dir), None, str(tmp_path / "plain.json"), 2,
+                       4, best_of=0)
+  assert not any(k.startswith(("best_of_", "both_directions_"))
+                 for k in plain)
+  assert "both_directions_tracking_consistency" in evaluate.run(
+      str(both_dir), None, str(tmp_path / "both2.json"), 2, 4)
   explained = evaluate.run(path, None, str(tmp_path / "explain.json"), 2, 4,
                            explain=2)["explained"]
   from apdr_jax import checkpoints, input_pipeline
