@@ -131,18 +131,18 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     result.update({f"search_{k}": v for k, v in scores.items()})
     result["search_margin"] = float(search_margin)
   if sequence_evaluation.is_apdr(mc) and best_of > 0:
-    best = sequence_evaluation.decompose(mc, params, sequences, rho=rho,
-                                         best_of=best_of,
-                                         rng=jax.random.fold_in(rng, 2))
+    best_rng = jax.random.fold_in(rng, 2)
+    if both_directions:
+      best, both = sequence_evaluation.read_both_directions(
+          mc, params, sequences, rho, best_of, best_rng)
+    else:
+      best = sequence_evaluation.decompose(mc, params, sequences, rho=rho,
+                                           best_of=best_of, rng=best_rng)
     scores = _counts_and_tracking(best, test, num, with_motmetrics=False)
     result.update({f"best_of_{k}": v for k, v in scores.items()})
     result["best_of"] = int(best_of)
     result["best_of_mean_log_weight"] = float(best["log_weight"].mean())
     if both_directions:
-      both = sequence_evaluation.choose_direction(
-          best, sequence_evaluation.decompose_backward(
-              mc, params, sequences, rho, best_of,
-              jax.random.fold_in(rng, 2)))
       scores = _counts_and_tracking(both, test, num, with_motmetrics=False)
       result.update({f"both_directions_{k}": v for k, v in scores.items()})
       result["both_directions_backward_fraction"] = float(

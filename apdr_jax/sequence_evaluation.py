@@ -107,10 +107,8 @@ def decompose(model_config, params, sequences: np.ndarray,
     if search_margin >= 0:
       raise ValueError("decompose: choose search_margin or best_of, not both")
     rng = jax.random.key(0) if rng is None else rng
-    forward = decompose(model_config, params, sequences, batch_size,
-                        rho=rho, best_of=best_of, rng=rng)
-    return choose_direction(forward, decompose_backward(
-        model_config, params, sequences, rho, best_of, rng, batch_size))
+    return read_both_directions(model_config, params, sequences, rho,
+                                best_of, rng, batch_size)[1]
   num, frames = sequences.shape[:2]
   if not is_apdr(model_config):
     flat = evaluation.decompose(model_config, params,
@@ -186,16 +184,32 @@ def decompose_backward(model_config, params, sequences: np.ndarray,
   prior among them, need not be exactly reversible). Comparing the two
   readings' log-weights is therefore a heuristic for choosing an
   explanation, and the kept log-weight is the larger of two estimates, not
-  a bound. Why read backward at all: q commits at frame 0. Two digits that overlap
-  there are explained by one object, and that error lasts until discovery
-  splits them; read from the end, where they are apart, both are tracked
-  through the overlap.
+  a bound. Why read backward at all: q commits at frame 0. Two digits that
+  overlap there are explained by one object, and that error lasts until
+  discovery splits them; read from the end, where they are apart, both are
+  tracked through the overlap.
   """
   backward = decompose(model_config, params,
                        np.ascontiguousarray(sequences[:, ::-1]), batch_size,
                        rho=rho, best_of=best_of,
                        rng=jax.random.fold_in(rng, _BACKWARD_STREAM))
   return reverse_time(backward)
+
+
+def read_both_directions(model_config, params, sequences: np.ndarray,
+                         rho: float, best_of: int, rng: jax.Array,
+                         batch_size: int = 50) -> tuple[dict, dict]:
+  """The best of `best_of` samples read forward, and the better per sequence
+  of that and the backward reading's (`choose_direction`).
+
+  Returns:
+    `(forward, chosen)`: `decompose(best_of=...)` with key `rng`, and the
+    decomposition kept per sequence (with `backward [num]`).
+  """
+  forward = decompose(model_config, params, sequences, batch_size, rho=rho,
+                      best_of=best_of, rng=rng)
+  return forward, choose_direction(forward, decompose_backward(
+      model_config, params, sequences, rho, best_of, rng, batch_size))
 
 
 def choose_direction(forward: dict, backward: dict) -> dict:
