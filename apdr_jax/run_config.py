@@ -57,16 +57,21 @@ def num_frames_at(config, step: int) -> int:
 
   Starts at `curriculum_start_frames` and adds one frame every
   `curriculum_steps_per_frame` steps, up to the data's `num_frames`; 0 for
-  static scenes.
+  static scenes. From step `curriculum_max_frames_from` on, it is at most
+  `curriculum_max_frames` (when positive): a cap from the start, or a last
+  stage on shorter sequences. Evaluation always reads every frame.
   """
   if config.data.kind != "sequences":
     return 0
   total = config.data.num_frames
   start = config.get("curriculum_start_frames", 0)
   every = config.get("curriculum_steps_per_frame", 0)
-  if start <= 0 or every <= 0:
-    return total
-  return int(min(total, start + step // every))
+  if start > 0 and every > 0:
+    total = min(total, start + step // every)
+  cap = config.get("curriculum_max_frames", 0)
+  if cap > 0 and step >= config.get("curriculum_max_frames_from", 0):
+    total = min(total, cap)
+  return int(total)
 
 
 def num_terms(config) -> int:
@@ -103,6 +108,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(config.get("curriculum_start_frames", 0) >= 0 and
          config.get("curriculum_steps_per_frame", 0) >= 0,
          "curriculum_start_frames and curriculum_steps_per_frame must be >= 0")
+    cap = config.get("curriculum_max_frames", 0)
+    need(cap == 0 or cap >= 2,
+         f"curriculum_max_frames={cap} must be 0 (no cap) or >= 2 (one "
+         "frame would never train propagation)")
+    need(config.get("curriculum_max_frames_from", 0) >= 0,
+         "curriculum_max_frames_from must be >= 0")
   need(not config.get("init_air_from") or is_sequential(config),
        "init_air_from (an AIR workdir) only applies to model_name='apdr'")
   need(config.estimator in ESTIMATORS,

@@ -91,6 +91,11 @@ def get_config() -> ml_collections.ConfigDict:
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0
   config.curriculum_steps_per_frame = 0
+  # From step `curriculum_max_frames_from` on, train on at most this many
+  # frames (0 = no cap): a cap from the start, or a last stage on shorter
+  # sequences. Evaluation still reads whole sequences.
+  config.curriculum_max_frames = 0
+  config.curriculum_max_frames_from = 0
   # APDR: for this many steps q's survival probability is at least 0.999, so
   # propagation learns to track before forgetting can win (0 = no warm-up).
   config.survival_warmup_steps = 0

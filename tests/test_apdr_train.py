@@ -32,8 +32,33 @@ def test_curriculum_adds_one_frame_per_stage():
   frames = [run_config.num_frames_at(config, s) for s in (0, 999, 1000, 6999, 7000,
                                                      50_000)]
   assert frames == [3, 3, 4, 9, 10, 10]
+  config.curriculum_max_frames = 5
+  frames = [run_config.num_frames_at(config, s) for s in (0, 1999, 2000, 50_000)]
+  assert frames == [3, 4, 5, 5]
   config.curriculum_start_frames = 0
+  assert run_config.num_frames_at(config, 0) == 5
+  config.curriculum_max_frames = 0
   assert run_config.num_frames_at(config, 0) == 10
+
+
+def test_curriculum_last_stage_on_shorter_sequences():
+  config = apdr_moving_mnist.get_config()  # 3 frames, one more per 1,000 steps
+  config.curriculum_max_frames = 5
+  config.curriculum_max_frames_from = 6_000
+  frames = [run_config.num_frames_at(config, s)
+            for s in (0, 2000, 5999, 6000, 50_000)]
+  assert frames == [3, 5, 8, 5, 5]
+
+
+@pytest.mark.parametrize("field,value", [("curriculum_max_frames", 1),
+                                         ("curriculum_max_frames", -1),
+                                         ("curriculum_max_frames_from", -1)])
+def test_bad_curriculum_cap_raises(field, value):
+  config = apdr_moving_mnist.get_config()
+  config.curriculum_max_frames = 5
+  config[field] = value
+  with pytest.raises(ConfigError, match=field):
+    run_config.validate_config(config)
 
 
 def test_bad_apdr_config_values_raise_clear_errors():
