@@ -88,6 +88,22 @@ def _counts_and_tracking(decomposed, test, num: int,
   return result
 
 
+def best_of_settings(config, best_of: int | None = None,
+                     both_directions: bool | None = None) -> tuple[int, bool]:
+  """`(best_of, both_directions)`: each argument, or the config's when None.
+
+  The config's `both_directions` applies only with `best_of > 0`, so that
+  turning best-of off (`best_of=0`) turns the backward reading off with it;
+  an explicit `both_directions=True` is returned as given (the caller says
+  whether it can be done).
+  """
+  if best_of is None:
+    best_of = config.get("best_of", 0)
+  if both_directions is None:
+    both_directions = config.get("both_directions", False) and best_of > 0
+  return int(best_of), bool(both_directions)
+
+
 def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
                        rng: jax.Array, rho: float,
                        search_margin: float | None = None,
@@ -101,7 +117,7 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
   `search_*`; with `best_of > 0` (default: `config.best_of`), those of the
   best of `best_of` samples of q per sequence (`sequence_evaluation.decompose`)
   under `best_of_*`; and with `both_directions` too (default:
-  `config.both_directions`), those of the better of that and the best of
+  `config.both_directions` when `best_of > 0`; `best_of_settings`), those of the better of that and the best of
   `best_of` samples reading the sequence backward
   (`sequence_evaluation.choose_direction`) under `both_directions_*`. The
   plain keys stay q's modes.
@@ -110,10 +126,7 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     (metrics dict of plain numbers, the decomposition for pictures).
   """
   mc = run_config.model_config(config)
-  if best_of is None:
-    best_of = config.get("best_of", 0)
-  if both_directions is None:
-    both_directions = config.get("both_directions", False)
+  best_of, both_directions = best_of_settings(config, best_of, both_directions)
   if both_directions and not (sequence_evaluation.is_apdr(mc) and best_of > 0):
     raise ValueError("evaluate_sequences: both_directions needs an APDR model "
                      f"and best_of > 0 (got best_of={best_of})")

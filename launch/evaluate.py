@@ -177,11 +177,10 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
   rho = float(run_config.rho_at(config, step))
   if search_margin is None:
     search_margin = config.get("search_margin", -1.0)
-  if best_of is None:
-    best_of = config.get("best_of", 0)
-  if both_directions is None:
-    # From the workdir's config: --best_of=0 turns it off with best-of.
-    both_directions = config.get("both_directions", False) and best_of > 0
+  # From the workdir's config where a flag is not given; --best_of=0 turns
+  # the backward reading off with best-of.
+  best_of, both_directions = run_evaluation.best_of_settings(
+      config, best_of, both_directions)
   if both_directions and best_of <= 0:
     raise ConfigError("--both_directions needs --best_of=K with K >= 1 (it "
                       "keeps the better of the best forward and the best "
@@ -195,7 +194,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     sequences = data.load_user_images(images_path, canvas, sequences=True)
     decomposed = sequence_evaluation.decompose(
         mc, state.params, sequences, search_margin=search_margin, rho=rho,
-        best_of=best_of, both_directions=bool(both_directions))
+        best_of=best_of, both_directions=both_directions)
     if search_margin >= 0:
       result["search_margin"] = float(search_margin)
     if best_of > 0:
