@@ -117,9 +117,10 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
   `search_*`; with `best_of > 0` (default: `config.best_of`), those of the
   best of `best_of` samples of q per sequence (`sequence_evaluation.decompose`)
   under `best_of_*`; and with `both_directions` too (default:
-  `config.both_directions` when `best_of > 0`; `best_of_settings`), those of the better of that and the best of
-  `best_of` samples reading the sequence backward
-  (`sequence_evaluation.choose_direction`) under `both_directions_*`. The
+  `config.both_directions` when `best_of > 0`; `best_of_settings`), those
+  of the better of that and the best of `best_of` samples reading the
+  sequence backward (`sequence_evaluation.choose_direction`) under
+  `both_directions_*`. The
   plain keys stay q's modes.
 
   Returns:
