@@ -19,6 +19,7 @@ from apdr_jax import apdr
 from apdr_jax import evaluation
 from apdr_jax import glimpse
 from apdr_jax import objectives
+from apdr_jax import particle_filter
 from apdr_jax import tracking
 
 
@@ -233,8 +234,12 @@ def _apdr_bounds(model_config, params, sequences, rng, num_samples, rho):
       model_config, params, sequences, key, rho, gates=gates),
                     jax.random.split(rng, num_samples))
   log_weight = out.terms.sum(-1)  # [K, B]
+  # FIVO: the same number of samples as particles, resampled every frame.
+  fivo = particle_filter.particle_filter(
+      model_config, params, sequences, jax.random.fold_in(rng, 1), rho,
+      num_samples, gates=gates).log_marginal
   return (objectives.iwae_bound(log_weight), log_weight.mean(0),
-          out.log_likelihood.mean(0), out.kl.mean(0))
+          out.log_likelihood.mean(0), out.kl.mean(0), fivo)
 
 
 def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
@@ -251,8 +256,12 @@ def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
     batch_size: sequences per batch.
 
   Returns:
-    dict of floats: `iwae`, `elbo`, `log_likelihood`, `kl` (means over
-    sequences).
+    dict of floats, means over sequences: `iwae`, `elbo`, `log_likelihood`,
+    `kl`, and `fivo`: the particle filter's estimate of `log p(x)` with K
+    particles (`particle_filter`; its expectation is a lower bound, like
+    IWAE's). For AIR, whose frames are independent, resampling after each
+    frame changes nothing and `fivo` is the sum of per-frame IWAE(K) bounds,
+    i.e. `iwae`.
   """
   num, frames = sequences.shape[:2]
   if not is_apdr(model_config):
@@ -260,16 +269,17 @@ def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
         model_config, params,
         sequences.reshape((num * frames,) + sequences.shape[2:]), rng, rho,
         num_samples, batch_size * frames)
-    return {k: v * frames for k, v in per_frame.items()}
-  sums = np.zeros(4)
+    result = {k: v * frames for k, v in per_frame.items()}
+    return dict(result, fivo=result["iwae"])
+  sums = np.zeros(5)
   for index, start in enumerate(range(0, num, batch_size)):
     chunk = jnp.asarray(sequences[start:start + batch_size])
     values = _apdr_bounds(model_config, params, chunk,
                           jax.random.fold_in(rng, index), num_samples,
                           jnp.asarray(rho, jnp.float32))
     sums += np.array([float(v.sum()) for v in values])
-  iwae, elbo, log_lik, kl = sums / num
-  return dict(iwae=iwae, elbo=elbo, log_likelihood=log_lik, kl=kl)
+  iwae, elbo, log_lik, kl, fivo = sums / num
+  return dict(iwae=iwae, elbo=elbo, log_likelihood=log_lik, kl=kl, fivo=fivo)
 
 
 def count_accuracy(predicted: np.ndarray, true: np.ndarray) -> dict:
