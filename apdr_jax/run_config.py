@@ -144,6 +144,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        config.get("best_of", 0) > 0,
        "both_directions=True needs best_of > 0 (it reads each sequence "
        "backward too and keeps the better of the two best-of-K samples)")
+  need(not config.get("best_of_particles", False) or
+       config.get("best_of", 0) > 0,
+       "best_of_particles=True needs best_of > 0 (the number of particles)")
   need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
        f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
   m = config.model

@@ -108,7 +108,8 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
                        rng: jax.Array, rho: float,
                        search_margin: float | None = None,
                        best_of: int | None = None,
-                       both_directions: bool | None = None
+                       both_directions: bool | None = None,
+                       particles: bool | None = None
                        ) -> tuple[dict, dict]:
   """Every held-out sequence metric of DESIGN §6 on the first `num`.
 
@@ -120,14 +121,21 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
   `config.both_directions` when `best_of > 0`; `best_of_settings`), those
   of the better of that and the best of `best_of` samples reading the
   sequence backward (`sequence_evaluation.choose_direction`) under
-  `both_directions_*`. The
-  plain keys stay q's modes.
+  `both_directions_*`. With `particles` (default:
+  `config.best_of_particles`), the `best_of` samples of both are particles
+  resampled after every frame (`particle_filter`). The plain keys stay q's
+  modes.
 
   Returns:
     (metrics dict of plain numbers, the decomposition for pictures).
   """
   mc = run_config.model_config(config)
   best_of, both_directions = best_of_settings(config, best_of, both_directions)
+  if particles is None:
+    particles = bool(config.get("best_of_particles", False)) and best_of > 0
+  if particles and not (sequence_evaluation.is_apdr(mc) and best_of > 0):
+    raise ValueError("evaluate_sequences: particles needs an APDR model and "
+                     f"best_of > 0 (got best_of={best_of})")
   if both_directions and not (sequence_evaluation.is_apdr(mc) and best_of > 0):
     raise ValueError("evaluate_sequences: both_directions needs an APDR model "
                      f"and best_of > 0 (got best_of={best_of})")
@@ -148,13 +156,15 @@ def evaluate_sequences(config, params, test, num: int, iwae_samples: int,
     best_rng = jax.random.fold_in(rng, 2)
     if both_directions:
       best, both = sequence_evaluation.read_both_directions(
-          mc, params, sequences, rho, best_of, best_rng)
+          mc, params, sequences, rho, best_of, best_rng, particles=particles)
     else:
       best = sequence_evaluation.decompose(mc, params, sequences, rho=rho,
-                                           best_of=best_of, rng=best_rng)
+                                           best_of=best_of, rng=best_rng,
+                                           particles=particles)
     scores = _counts_and_tracking(best, test, num, with_motmetrics=False)
     result.update({f"best_of_{k}": v for k, v in scores.items()})
     result["best_of"] = int(best_of)
+    result["best_of_particles"] = bool(particles)
     result["best_of_mean_log_weight"] = float(best["log_weight"].mean())
     if both_directions:
       scores = _counts_and_tracking(both, test, num, with_motmetrics=False)

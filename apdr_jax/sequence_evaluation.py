@@ -64,6 +64,16 @@ def _apdr_best_sample(model_config, params, sequences, rng, num_samples, rho):
           log_weight[best, rows])
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _apdr_best_particle(model_config, params, sequences, rng, num_particles,
+                        rho):
+  """`_apdr_best_sample` with the samples drawn as `num_particles` particles
+  resampled after every frame (`particle_filter`)."""
+  out = particle_filter.particle_filter(model_config, params, sequences, rng,
+                                        rho, num_particles, with_canvas=True)
+  return out.frames, out.log_weight
+
+
 def _boxes(model_config, z_where):
   size = model_config.air.canvas_size
   return np.asarray(glimpse.box_corners(z_where, size, size))
@@ -73,7 +83,8 @@ def decompose(model_config, params, sequences: np.ndarray,
               batch_size: int = 50, search_margin: float = -1.0,
               rho: float = 1e-5, best_of: int = 0,
               rng: jax.Array | None = None,
-              both_directions: bool = False) -> dict:
+              both_directions: bool = False,
+              particles: bool = False) -> dict:
   """Posterior modes of every frame: counts, boxes, ids, reconstructions.
 
   Args:
@@ -95,6 +106,10 @@ def decompose(model_config, params, sequences: np.ndarray,
       reading each sequence backward in time and keep, per sequence, the
       reading whose best sample has the higher log-weight
       (`choose_direction`; an offline reading, it needs whole sequences).
+    particles: APDR with `best_of`: draw the `best_of` samples as particles
+      resampled after every frame by their per-frame log-weights
+      (`particle_filter`), and keep the surviving lineage of highest
+      log-weight, instead of `best_of` independent samples of q.
 
   Returns:
     dict of numpy arrays: `counts [num, T]`, `presence [num, T, N]`,
@@ -109,7 +124,7 @@ def decompose(model_config, params, sequences: np.ndarray,
       raise ValueError("decompose: choose search_margin or best_of, not both")
     rng = jax.random.key(0) if rng is None else rng
     return read_both_directions(model_config, params, sequences, rho,
-                                best_of, rng, batch_size)[1]
+                                best_of, rng, batch_size, particles)[1]
   num, frames = sequences.shape[:2]
   if not is_apdr(model_config):
     flat = evaluation.decompose(model_config, params,
@@ -125,6 +140,9 @@ def decompose(model_config, params, sequences: np.ndarray,
                 reconstructions=unflat(flat["reconstructions"]))
   if best_of > 0 and search_margin >= 0:
     raise ValueError("decompose: choose search_margin or best_of, not both")
+  if particles and best_of <= 0:
+    raise ValueError("decompose: particles needs best_of > 0 (the number of "
+                     "particles)")
   if best_of > 0:
     rng = jax.random.key(0) if rng is None else rng
     # K samples of a batch are held at once (with canvases): keep K * batch
@@ -134,7 +152,8 @@ def decompose(model_config, params, sequences: np.ndarray,
   for index, start in enumerate(range(0, num, batch_size)):
     chunk = jnp.asarray(sequences[start:start + batch_size])
     if best_of > 0:
-      f, log_weight = jax.device_get(_apdr_best_sample(
+      draw = _apdr_best_particle if particles else _apdr_best_sample
+      f, log_weight = jax.device_get(draw(
           model_config, params, chunk, jax.random.fold_in(rng, index),
           best_of, jnp.asarray(rho, jnp.float32)))
       log_weights.append(log_weight)
@@ -172,9 +191,9 @@ def reverse_time(decomposed: dict) -> dict:
 
 def decompose_backward(model_config, params, sequences: np.ndarray,
                        rho: float, best_of: int, rng: jax.Array,
-                       batch_size: int = 50) -> dict:
-  """`decompose(best_of=...)` of the sequences read from their last frame to
-  their first, with the frames put back in order.
+                       batch_size: int = 50, particles: bool = False) -> dict:
+  """`decompose(best_of=..., particles=...)` of the sequences read from their
+  last frame to their first, with the frames put back in order.
 
   The model's dynamics have no direction of time built in that the data lack
   (bouncing, noisy velocities; digits that enter mirror digits that leave),
@@ -193,13 +212,15 @@ def decompose_backward(model_config, params, sequences: np.ndarray,
   backward = decompose(model_config, params,
                        np.ascontiguousarray(sequences[:, ::-1]), batch_size,
                        rho=rho, best_of=best_of,
-                       rng=jax.random.fold_in(rng, _BACKWARD_STREAM))
+                       rng=jax.random.fold_in(rng, _BACKWARD_STREAM),
+                       particles=particles)
   return reverse_time(backward)
 
 
 def read_both_directions(model_config, params, sequences: np.ndarray,
                          rho: float, best_of: int, rng: jax.Array,
-                         batch_size: int = 50) -> tuple[dict, dict]:
+                         batch_size: int = 50,
+                         particles: bool = False) -> tuple[dict, dict]:
   """The best of `best_of` samples read forward, and the better per sequence
   of that and the backward reading's (`choose_direction`).
 
@@ -208,9 +229,10 @@ def read_both_directions(model_config, params, sequences: np.ndarray,
     decomposition kept per sequence (with `backward [num]`).
   """
   forward = decompose(model_config, params, sequences, batch_size, rho=rho,
-                      best_of=best_of, rng=rng)
+                      best_of=best_of, rng=rng, particles=particles)
   return forward, choose_direction(forward, decompose_backward(
-      model_config, params, sequences, rho, best_of, rng, batch_size))
+      model_config, params, sequences, rho, best_of, rng, batch_size,
+      particles))
 
 
 def choose_direction(forward: dict, backward: dict) -> dict:

@@ -146,5 +146,9 @@ def get_config() -> ml_collections.ConfigDict:
   # from its last frame back, keeping per sequence the reading of higher
   # log-weight (`both_directions_*` keys).
   config.both_directions = False
+  # With best_of: draw the best_of samples as particles resampled after
+  # every frame by their per-frame log-weights (`particle_filter`), instead
+  # of independent samples of q.
+  config.best_of_particles = False
   config.progress_bar = True
   return config

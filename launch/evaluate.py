@@ -28,7 +28,9 @@ per sequence with the highest log-weight (with --images, the boxes and ids
 come from it). `--both_directions` (with K) adds `both_directions_*`: per
 sequence, the better by log-weight of that sample and the best of K samples
 reading the sequence from its last frame back (with --images, the boxes and
-ids come from it).
+ids come from it). `--particles` (with K) draws the K samples as particles
+resampled after every frame by their per-frame log-weights (sequential Monte
+Carlo) instead of K independent samples; the `fivo` bound uses them anyway.
 """
 
 import json
@@ -60,6 +62,11 @@ _BOTH_DIRECTIONS = flags.DEFINE_bool(
     "backward and keep, per sequence, the reading whose best sample has the "
     "higher log-weight (both_directions_* keys; with --images, the boxes and "
     "ids come from it). Default: the workdir config's both_directions.")
+_PARTICLES = flags.DEFINE_bool(
+    "particles", None, "APDR with --best_of=K: draw the K samples as "
+    "particles resampled after every frame (sequential Monte Carlo) instead "
+    "of K independent samples of q. Default: the workdir config's "
+    "best_of_particles.")
 _SPLIT = flags.DEFINE_enum(
     "split", "test", ["test", "train"], "Which scenes or sequences to score: "
     "the held-out ones, or the training ones (to choose evaluation-time "
@@ -77,7 +84,7 @@ def main(argv):
     result = run(_WORKDIR.value, _IMAGES.value, _OUT.value,
                  _IWAE_SAMPLES.value, _NUM_SCENES.value, _EXPLAIN.value,
                  _SEARCH_MARGIN.value, _SPLIT.value, _BEST_OF.value,
-                 _BOTH_DIRECTIONS.value)
+                 _BOTH_DIRECTIONS.value, _PARTICLES.value)
   print(common.format_result(
       {k: v for k, v in result.items() if not isinstance(v, list)}))
 
@@ -85,7 +92,8 @@ def main(argv):
 def run(workdir, images_path, out_path, iwae_samples, num_scenes,
         explain: int = 0, search_margin: float | None = None,
         split: str = "test", best_of: int | None = None,
-        both_directions: bool | None = None) -> dict:
+        both_directions: bool | None = None,
+        particles: bool | None = None) -> dict:
   import jax
   from apdr_jax import (checkpoints, data, evaluation, plotting, run_config,
                         train)
@@ -117,10 +125,14 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
   if both_directions and not run_config.is_sequential(config):
     raise ConfigError("--both_directions applies to APDR workdirs "
                       "(model_name='apdr')")
+  if particles and not run_config.is_sequential(config):
+    raise ConfigError("--particles applies to APDR workdirs "
+                      "(model_name='apdr')")
   if config.data.get("kind", "scenes") == "sequences":
     return _run_sequences(config, state, int(step), workdir, images_path,
                           out_path, iwae_samples, num_scenes, explain,
-                          search_margin, split, best_of, both_directions)
+                          search_margin, split, best_of, both_directions,
+                          particles)
   picture = os.path.splitext(out_path)[0] + ".png"
   result = {"workdir": workdir, "step": int(step), "split": split}
   if images_path:
@@ -164,7 +176,7 @@ def _scored_split(config, split: str) -> dict:
 def _run_sequences(config, state, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes, explain=0,
                    search_margin=None, split="test", best_of=None,
-                   both_directions=None) -> dict:
+                   both_directions=None, particles=None) -> dict:
   import jax
   from apdr_jax import (data, run_config, run_evaluation,
                         sequence_evaluation)
@@ -185,6 +197,11 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     raise ConfigError("--both_directions needs --best_of=K with K >= 1 (it "
                       "keeps the better of the best forward and the best "
                       "backward sample of K)")
+  if particles is None:
+    particles = bool(config.get("best_of_particles", False)) and best_of > 0
+  if particles and best_of <= 0:
+    raise ConfigError("--particles needs --best_of=K with K >= 1 (the number "
+                      "of particles)")
   if best_of > 0 and search_margin >= 0 and images_path:
     raise ConfigError(f"--images: the boxes and ids come from one inference; "
                       f"choose --best_of={best_of} or --search_margin="
@@ -194,11 +211,14 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     sequences = data.load_user_images(images_path, canvas, sequences=True)
     decomposed = sequence_evaluation.decompose(
         mc, state.params, sequences, search_margin=search_margin, rho=rho,
-        best_of=best_of, both_directions=both_directions)
+        best_of=best_of, both_directions=both_directions,
+        particles=particles)
     if search_margin >= 0:
       result["search_margin"] = float(search_margin)
     if best_of > 0:
       result["best_of"] = int(best_of)
+    if particles:
+      result["best_of_particles"] = True
     if both_directions:
       result["both_directions"] = True
       result["backward"] = [bool(b) for b in decomposed["backward"]]
@@ -218,7 +238,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     num = min(num_scenes, len(test["images"]))
     metrics, decomposed = run_evaluation.evaluate_sequences(
         config, state.params, test, num, iwae_samples, jax.random.key(0),
-        rho, search_margin, best_of, both_directions)
+        rho, search_margin, best_of, both_directions, particles)
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
     if explain:

@@ -83,6 +83,9 @@ def test_bad_apdr_config_values_raise_clear_errors():
   with pytest.raises(ConfigError, match="both_directions"):
     run_config.validate_config(_config(both_directions=True))
   run_config.validate_config(_config(both_directions=True, best_of=2))
+  with pytest.raises(ConfigError, match="best_of_particles"):
+    run_config.validate_config(_config(best_of_particles=True))
+  run_config.validate_config(_config(best_of_particles=True, best_of=2))
   for field, value in (("propagation_glimpse", "centre"),
                        ("prior_survival_init", 1.0), ("survival_init", 0.0)):
     config = _config()
@@ -215,6 +218,16 @@ def test_evaluate_held_out_and_user_sequences(workdir, tmp_path):
   with pytest.raises(ConfigError, match="both_directions"):
     evaluate.run(path, None, str(tmp_path / "x.json"), 2, 4, best_of=0,
                  both_directions=True)
+  # The K samples as particles, resampled after every frame.
+  smc = evaluate.run(path, None, str(tmp_path / "smc.json"), 2, 4, best_of=3,
+                     both_directions=True, particles=True)
+  assert smc["best_of_particles"] and not best["best_of_particles"]
+  for key in ("best_of_frame_count_accuracy", "both_directions_mota"):
+    assert key in smc, key
+  assert np.isfinite(smc["fivo"]) and smc["fivo"] == best["fivo"]
+  with pytest.raises(ConfigError, match="particles"):
+    evaluate.run(path, None, str(tmp_path / "x.json"), 2, 4, best_of=0,
+                 particles=True)
   # A workdir whose config asks for both directions: --best_of=0 turns
   # best-of off with it, instead of an error about a flag never passed.
   both_dir = tmp_path / "both_workdir"

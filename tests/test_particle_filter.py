@@ -151,3 +151,19 @@ def test_particle_filter_shapes_and_ids(params):
   ids = np.asarray(out.frames.ids)
   presence = np.asarray(out.frames.presence)
   np.testing.assert_array_equal(ids >= 0, presence > 0.5)
+
+
+def test_decompose_with_particles_keeps_the_best_lineage(params):
+  from apdr_jax import sequence_evaluation
+  images = np.asarray(_sequences(3, 3))
+  best = sequence_evaluation.decompose(TINY, params, images, rho=0.3,
+                                       best_of=4, rng=jax.random.key(2),
+                                       particles=True)
+  out = pf.particle_filter(TINY, params, jnp.asarray(images),
+                           jax.random.fold_in(jax.random.key(2), 0), 0.3, 4)
+  np.testing.assert_allclose(best["log_weight"], out.log_weight, rtol=1e-5,
+                             atol=1e-3)
+  np.testing.assert_array_equal(best["ids"], out.frames.ids)
+  chex.assert_shape(best["reconstructions"], (3, 3, 16, 16))
+  with pytest.raises(ValueError, match="particles"):
+    sequence_evaluation.decompose(TINY, params, images, particles=True)
