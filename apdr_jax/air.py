@@ -26,6 +26,9 @@ from apdr_jax import glimpse
 from apdr_jax import networks
 
 
+CANVAS_RULES = ("sum", "clip")
+
+
 @dataclasses.dataclass(frozen=True)
 class AIRConfig:
   """Architecture and prior of AIR (DESIGN §4 for the usual values)."""
@@ -50,6 +53,17 @@ class AIRConfig:
   # then `[r, 4*lstm]`, for speed (README: half of a step's FLOPs are that
   # matrix on 50x50 images).
   image_rank: int = 0
+  # How the objects' drawings make the canvas that the likelihood scores:
+  # "sum" (notes §8: the partial images are summed) or "clip", min(sum, 1),
+  # the way the data generator composes overlapping digits
+  # (`data.overlap='clip_sum'`). Under "sum", two objects drawn over the
+  # same strokes predict about 2 where the data hold 1, which favours one
+  # object for two overlapping digits (README, "A likely cause").
+  canvas: str = "sum"
+
+  def __post_init__(self):
+    if self.canvas not in CANVAS_RULES:
+      raise ValueError(f"canvas={self.canvas!r}; use one of {CANVAS_RULES}")
 
   @property
   def latent_dim(self) -> int:
@@ -325,7 +339,10 @@ def render_slots(config: AIRConfig, params, slots: Slots) -> jax.Array:
 
 def log_likelihood(config: AIRConfig, images: jax.Array,
                    canvas: jax.Array) -> jax.Array:
-  """log N(x | canvas, std^2) summed over pixels, `[batch]`."""
+  """log N(x | canvas, std^2) summed over pixels, `[batch]`; the canvas is
+  the objects' summed drawings, clipped at 1 when `config.canvas='clip'`."""
+  if config.canvas == "clip":
+    canvas = jnp.minimum(canvas, 1.0)
   return dist.normal_log_prob(images, canvas, config.likelihood_std).sum((-2, -1))
 
 

@@ -639,7 +639,15 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
   # jacobian [B, N, 3, H, W]: d drawing / d (s, x, y) of the same object.
   window = _window(anchor, config.ink_window, height, width)
   own_ink = _own_ink(image, drawn) * window
-  residual = own_ink - drawn * window
+  if config.air.canvas == "clip":
+    # The frame's error with the others held: image - min(others + own, 1).
+    # Where the composite saturates, moving this object changes nothing, so
+    # ink shared with another object neither pulls nor pushes it.
+    composite = drawn.sum(1, keepdims=True)
+    residual = (image[:, None] - jnp.minimum(composite, 1.0)) * window
+    jacobian = jacobian * (composite < 1.0)[:, :, None]
+  else:
+    residual = own_ink - drawn * window
   jacobian = jacobian * window[:, :, None]
   normal = jnp.einsum("bnkhw,bnlhw->bnkl", jacobian, jacobian)
   gradient = jnp.einsum("bnkhw,bnhw->bnk", jacobian, residual)

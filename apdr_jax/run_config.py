@@ -154,6 +154,8 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   need(m.likelihood_std > 0, f"model.likelihood_std={m.likelihood_std} must be > 0")
   need(0 < m.presence_init < 1,
        f"model.presence_init={m.presence_init} must be in (0, 1)")
+  need(m.get("canvas", "sum") in air.CANVAS_RULES,
+       f"model.canvas={m.get('canvas')!r}; use one of {air.CANVAS_RULES}")
   need(m.get("image_rank", 0) >= 0,
        f"model.image_rank={m.get('image_rank')} must be >= 0 (0 = full rank)")
   for key in ("extract_method", "render_method"):

@@ -7,6 +7,7 @@ it compiles once (tested with `chex.assert_max_traces`). The host touches the
 device only on logging, evaluation and checkpoint steps.
 """
 
+import dataclasses
 import time
 from typing import Any
 
@@ -164,9 +165,12 @@ def init_from_air_workdir(config, state: TrainState, workdir: str):
   if run_config.is_sequential(air_config):
     raise ConfigError(f"init_air_from={workdir!r} is an APDR run; give an "
                       "AIR workdir")
-  different = {key: (air_config.model.get(key), value)
+  # A field the AIR run's config predates has the model's default there.
+  defaults = dataclasses.asdict(air.AIRConfig())
+  there = lambda key: air_config.model.get(key, defaults.get(key))
+  different = {key: (there(key), value)
                for key, value in config.model.items()
-               if air_config.model.get(key) != value}
+               if there(key) != value}
   if different:
     listed = ", ".join(f"{key}={air!r} there, {ours!r} here"
                        for key, (air, ours) in sorted(different.items()))

@@ -53,6 +53,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.render_method = "separable"
   # > 0: a rank-r image-to-gates matrix (faster; see README). 0 = as specified.
   config.model.image_rank = 0
+  # 'sum' (the notes) or 'clip': the canvas min(sum of drawings, 1), the way
+  # the data compose overlapping digits (see air.AIRConfig.canvas).
+  config.model.canvas = "sum"
 
   # APDR only (model_name='apdr'); `model` above configures its discovery
   # (AIR) and the shared decoder.

@@ -89,6 +89,24 @@ def test_presence_is_a_prefix_and_respects_max_steps():
   np.testing.assert_array_equal(slots.active[1::2, 1:], 0)
 
 
+def test_clipped_canvas_likelihood_against_a_reference_density():
+  """`canvas='clip'` scores min(sum of drawings, 1), as the data compose
+  overlapping digits; 'sum' scores the sum itself (the notes)."""
+  from scipy import stats
+  images = np.asarray(_images(3))
+  canvas = 1.6 * np.asarray(_images(3, seed=1))  # some pixels above 1
+  assert (canvas > 1).any()
+  clip = dataclasses.replace(TINY, canvas="clip")
+  for config, mean in ((TINY, canvas), (clip, np.minimum(canvas, 1.0))):
+    expected = stats.norm.logpdf(images, mean, config.likelihood_std).sum(
+        (-2, -1))
+    np.testing.assert_allclose(
+        air.log_likelihood(config, jnp.asarray(images), jnp.asarray(canvas)),
+        expected, rtol=1e-5)
+  with pytest.raises(ValueError, match="canvas"):
+    air.AIRConfig(canvas="max")
+
+
 def test_presence_prior_sums_to_truncated_geometric():
   """Summed over slots, the per-decision prior is DESIGN §3.1's p(n)."""
   params = init_params(TINY, jax.random.key(0))

@@ -611,6 +611,29 @@ def test_ink_anchor_moves_each_anchor_onto_its_own_digit():
       apdr.ink_anchor(off, params, image, objects, anchor), anchor)
 
 
+def test_clipped_canvas_fit_leaves_overlapping_digits_where_they_are():
+  """Two digits drawn over each other, composed as the data compose them
+  (clip of the sum), with each anchor already on its digit. Under the summed
+  canvas, each object's own ink loses the shared strokes and the fit moves
+  the objects; under `canvas='clip'` the fit's error is zero and they stay."""
+  fit_only = dict(ink_tracking_steps=0, ink_fit_steps=2)
+  summed = dataclasses.replace(INK, **fit_only)
+  clipped = dataclasses.replace(
+      summed, air=dataclasses.replace(INK_AIR, canvas="clip"))
+  params, template = _l_shaped_decoder(apdr.init_params(INK, jax.random.key(0)))
+  where = jnp.array([[[2.5, -0.04, 0.0], [2.5, 0.04, 0.06], [2.5, 0.0, 0.0]]])
+  presence = jnp.array([[1.0, 1.0, 0.0]])
+  drawn = glimpse.render_sum(jnp.broadcast_to(template, (1, 3, 10, 10)),
+                             where, presence, 32, 32)
+  assert float(drawn.max()) > 1.5  # the strokes overlap
+  image = jnp.minimum(drawn, 1.0)
+  objects = _objects(INK, params, where, presence)
+  stay = apdr.ink_anchor(clipped, params, image, objects, where)
+  np.testing.assert_allclose(stay, where, atol=1e-4)
+  pushed = apdr.ink_anchor(summed, params, image, objects, where)
+  assert float(jnp.abs(pushed - where)[0, :2].max()) > 0.01
+
+
 def test_ink_anchor_stays_put_without_ink_and_is_differentiable():
   params, _ = _l_shaped_decoder(apdr.init_params(INK, jax.random.key(0)))
   anchor = jnp.array([[[2.5, -0.35, -0.3], [2.5, 0.3, 0.3], [2.5, 0.0, 0.0]]])

@@ -70,6 +70,10 @@ def test_bad_apdr_config_values_raise_clear_errors():
     run_config.validate_config(config)
   with pytest.raises(ConfigError, match="model_name"):
     run_config.validate_config(_config(model_name="sqair2"))
+  with pytest.raises(ConfigError, match="model.canvas"):
+    config = _config()
+    config.model.canvas = "max"
+    run_config.validate_config(config)
   with pytest.raises(ConfigError, match="search_margin"):
     config = _config(model_name="air")
     config.data.kind = "sequences"
@@ -322,6 +326,18 @@ def test_air_baseline_trains_and_evaluates_on_sequences(tmp_path):
     train.init_from_air_workdir(
         wider, train.create_train_state(wider, jax.random.key(3)),
         str(tmp_path))
+  # A canvas rule the AIR run was not trained with is named too.
+  clipped = _config(init_air_from=str(tmp_path))
+  clipped.model.canvas = "clip"
+  with pytest.raises(ConfigError, match=r"canvas='sum' there, 'clip' here"):
+    train.init_from_air_workdir(
+        clipped, train.create_train_state(clipped, jax.random.key(3)),
+        str(tmp_path))
+  # An AIR config written before a model field existed reads as its default.
+  saved = train.checkpoints.load_config(str(tmp_path))
+  del saved.model["canvas"]
+  train.checkpoints.save_config(saved, str(tmp_path))
+  train.init_from_air_workdir(apdr_config, state, str(tmp_path))
 
 
 @pytest.mark.parametrize("name", sorted(
