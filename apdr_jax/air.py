@@ -337,13 +337,21 @@ def render_slots(config: AIRConfig, params, slots: Slots) -> jax.Array:
                             slots.z_where, slots.presence, size, size)
 
 
+def composite(config: AIRConfig, drawings_sum: jax.Array) -> jax.Array:
+  """The mean of p(x | z) from the objects' summed drawings `[..., H, W]`:
+  the sum itself (`canvas='sum'`, the notes) or min(sum, 1) (`'clip'`, the
+  way the data compose overlapping digits). Idempotent."""
+  if config.canvas == "clip":
+    return jnp.minimum(drawings_sum, 1.0)
+  return drawings_sum
+
+
 def log_likelihood(config: AIRConfig, images: jax.Array,
                    canvas: jax.Array) -> jax.Array:
-  """log N(x | canvas, std^2) summed over pixels, `[batch]`; the canvas is
-  the objects' summed drawings, clipped at 1 when `config.canvas='clip'`."""
-  if config.canvas == "clip":
-    canvas = jnp.minimum(canvas, 1.0)
-  return dist.normal_log_prob(images, canvas, config.likelihood_std).sum((-2, -1))
+  """log N(x | composite(canvas), std^2) summed over pixels, `[batch]`;
+  `canvas` is the objects' summed drawings (or already their composite)."""
+  return dist.normal_log_prob(images, composite(config, canvas),
+                              config.likelihood_std).sum((-2, -1))
 
 
 class LogWeightTerms(NamedTuple):
@@ -359,7 +367,7 @@ class LogWeightTerms(NamedTuple):
     log_likelihood: `[batch]`.
     kl: `[batch]`, `log q - log p` summed over slots (a one-sample KL estimate).
     slots: the sampled `Slots`.
-    canvas: `[batch, H, W]`, the reconstruction.
+    canvas: `[batch, H, W]`, the reconstruction: `composite` of the drawings.
   """
   terms: jax.Array
   score_log_q: jax.Array
@@ -401,7 +409,7 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   baseline = jnp.pad(baseline_values(config, params, slots.hidden),
                      ((0, 0), (0, 1)))
   return LogWeightTerms(terms, score_log_q, baseline, log_lik,
-                        slot_kl.sum(-1), slots, canvas)
+                        slot_kl.sum(-1), slots, composite(config, canvas))
 
 
 def baseline_values(config: AIRConfig, params, hidden: jax.Array) -> jax.Array:
@@ -439,7 +447,7 @@ def sample_prior(config: AIRConfig, params, rng: jax.Array, batch_size: int,
   size = config.canvas_size
   canvas = glimpse.render_sum(decode(config, params, z_what), z_where, presence,
                               size, size)
-  return presence, z_where, z_what, canvas
+  return presence, z_where, z_what, composite(config, canvas)
 
 
 def image_gates(config: AIRConfig, params, images: jax.Array) -> jax.Array:

@@ -643,9 +643,9 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
     # The frame's error with the others held: image - min(others + own, 1).
     # Where the composite saturates, moving this object changes nothing, so
     # ink shared with another object neither pulls nor pushes it.
-    composite = drawn.sum(1, keepdims=True)
-    residual = (image[:, None] - jnp.minimum(composite, 1.0)) * window
-    jacobian = jacobian * (composite < 1.0)[:, :, None]
+    drawings_sum = drawn.sum(1, keepdims=True)
+    residual = (image[:, None] - air.composite(config.air, drawings_sum)) * window
+    jacobian = jacobian * (drawings_sum < 1.0)[:, :, None]
   else:
     residual = own_ink - drawn * window
   jacobian = jacobian * window[:, :, None]
@@ -765,7 +765,7 @@ class FrameOutputs(NamedTuple):
     objects: the frame's compacted `Objects` (without the prior state).
     num_propagated: `[batch]`, `k_t`.
     num_discovered: `[batch]`, `n_t`.
-    canvas: `[batch, H, W]` or None.
+    canvas: `[batch, H, W]` or None, the reconstruction (`air.composite`).
     q_survival: `[batch, N]`, q's survival probability of each previous
       object (before a warm-up floor; 0 for empty slots).
     prior_survival: `[batch, N]`, the prior's (0 for empty slots).
@@ -859,7 +859,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
       terms, score_log_q, baseline, log_lik,
       prop_kl.sum(-1) + disc_kl.sum(-1), objects.z_where, objects.presence,
       objects.ids, num_propagated, num_discovered,
-      canvas if with_canvas else None, prop.q_survival, prop.prior_survival,
+      air.composite(a, canvas) if with_canvas else None, prop.q_survival, prop.prior_survival,
       log_lik + (prop.log_p_presence + prop.log_p_z + disc_log_p_presence +
                  disc_log_p_z).sum(-1))
   return new_carry, outputs
@@ -1115,8 +1115,8 @@ def predict(config: APDRConfig, params, images: jax.Array, num_future: int,
                      None, None, None, None)
     carry_like = Carry(objects, None, next_id)
     new = _compact(config, params, carry_like, prop, disc)
-    canvas = air.render_slots(a, params["air"], air.Slots(
-        new.z_where, new.z_what, new.presence, *([None] * 6)))
+    canvas = air.composite(a, air.render_slots(a, params["air"], air.Slots(
+        new.z_where, new.z_what, new.presence, *([None] * 6))))
     next_id = next_id + born.sum(-1).astype(jnp.int32)
     return (new, next_id), (canvas, new.z_where, new.presence, new.ids)
 

@@ -541,6 +541,34 @@ def test_predict_rolls_the_prior_forward(params):
   np.testing.assert_array_equal(out["ids"], np.broadcast_to([0, 1], (2, 3, 2)))
 
 
+def test_reconstructions_and_predictions_are_the_likelihood_mean(params):
+  """The canvases handed to users (reconstructions, predicted frames) are the
+  mean that the likelihood scores: under `canvas='clip'` min(sum, 1), so a
+  frame's log-likelihood is N(x | canvas) again; under 'sum' the sum."""
+  p = _set_presence(params, survival_logit=30.0, discovery_logit=30.0)
+  p["prior_survival"]["bias"] = jnp.full((1,), 30.0)
+  last = sorted(k for k in p["air"]["decoder"] if k.startswith("Dense"))[-1]
+  p["air"]["decoder"][last]["bias"] = jnp.full_like(
+      p["air"]["decoder"][last]["bias"], 10.0)  # all-ones glimpses
+  images = _sequences(2, 3)
+  clipped = dataclasses.replace(
+      TINY, air=dataclasses.replace(TINY_AIR, canvas="clip"))
+  for config in (TINY, clipped):
+    out = apdr.log_weight_terms(config, p, images, jax.random.key(4), 0.5,
+                                with_canvas=True)
+    canvas = np.asarray(out.frames.canvas)
+    predicted = np.asarray(apdr.predict(config, p, images[:, :2], 2,
+                                        jax.random.key(5), 0.5)["canvas"])
+    if config is TINY:
+      assert canvas.max() > 1.5 and predicted.max() > 1.5  # glimpses overlap
+    else:
+      assert canvas.max() <= 1.0 and predicted.max() <= 1.0
+    std = config.air.likelihood_std
+    log_lik = (-0.5 * ((np.asarray(images) - canvas) / std) ** 2 -
+               math.log(std * math.sqrt(2 * math.pi))).sum((-2, -1))
+    np.testing.assert_allclose(log_lik.sum(1), out.log_likelihood, rtol=1e-5)
+
+
 # --- Ink tracking (mean shift of q's anchor) ---------------------------------
 INK_AIR = air.AIRConfig(canvas_size=32, num_slots=3, glimpse_size=10,
                         z_what_dim=3, lstm_size=12, mlp_size=10, context_dim=8)
