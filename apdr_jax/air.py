@@ -401,7 +401,7 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   slots = infer(config, params, images, rng, image_gates=image_gates,
                 first_state=first_state, deterministic=deterministic)
   log_p_presence, log_p_z = prior_log_probs(config, slots, rho)
-  canvas = render_slots(config, params, slots)
+  canvas = composite(config, render_slots(config, params, slots))
   log_lik = log_likelihood(config, images, canvas)
   slot_kl = slots.log_q_presence + slots.log_q_z - log_p_presence - log_p_z
   terms = jnp.concatenate([-slot_kl, log_lik[:, None]], -1)
@@ -409,7 +409,7 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   baseline = jnp.pad(baseline_values(config, params, slots.hidden),
                      ((0, 0), (0, 1)))
   return LogWeightTerms(terms, score_log_q, baseline, log_lik,
-                        slot_kl.sum(-1), slots, composite(config, canvas))
+                        slot_kl.sum(-1), slots, canvas)
 
 
 def baseline_values(config: AIRConfig, params, hidden: jax.Array) -> jax.Array:

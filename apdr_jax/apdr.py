@@ -627,7 +627,8 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
   """One Levenberg-Marquardt step of each anchor's `(s, x, y)` on the squared
   error between the object's drawing and its own ink in the widened box (the
   Gaussian likelihood of that object alone, the others held where they
-  are). Steps are clipped to 10% of the scale and 0.1 (2.5 px at 50x50) of
+  are; under `canvas='clip'`, of the clipped composite of all of them).
+  Steps are clipped to 10% of the scale and 0.1 (2.5 px at 50x50) of
   position."""
   height, width = image.shape[-2:]
   draw = lambda where: _draw_all(config, templates, where, presence, height,
@@ -644,7 +645,8 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
     # Where the composite saturates, moving this object changes nothing, so
     # ink shared with another object neither pulls nor pushes it.
     drawings_sum = drawn.sum(1, keepdims=True)
-    residual = (image[:, None] - air.composite(config.air, drawings_sum)) * window
+    residual = image[:, None] - air.composite(config.air, drawings_sum)
+    residual = residual * window
     jacobian = jacobian * (drawings_sum < 1.0)[:, :, None]
   else:
     residual = own_ink - drawn * window
@@ -839,7 +841,8 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                    deterministic=deterministic)
   disc_log_p_presence, disc_log_p_z = air.prior_log_probs(a, disc, rho)
   # Every present object of both phases (absent slots weigh 0).
-  canvas = prop_canvas + render(disc.z_what, disc.z_where, disc.presence)
+  canvas = air.composite(a, prop_canvas + render(disc.z_what, disc.z_where,
+                                                  disc.presence))
   log_lik = air.log_likelihood(a, image, canvas)
   prop_kl = (prop.log_q_presence + prop.log_q_z - prop.log_p_presence -
              prop.log_p_z)
@@ -859,7 +862,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
       terms, score_log_q, baseline, log_lik,
       prop_kl.sum(-1) + disc_kl.sum(-1), objects.z_where, objects.presence,
       objects.ids, num_propagated, num_discovered,
-      air.composite(a, canvas) if with_canvas else None, prop.q_survival, prop.prior_survival,
+      canvas if with_canvas else None, prop.q_survival, prop.prior_survival,
       log_lik + (prop.log_p_presence + prop.log_p_z + disc_log_p_presence +
                  disc_log_p_z).sum(-1))
   return new_carry, outputs
