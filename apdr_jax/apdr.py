@@ -461,11 +461,12 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   batch, n = prev.presence.shape
   call = functools.partial(_call, config, params)
   # The prior's step for every object at once (eq. 16), then its heads.
-  prior_state = call(APDRNetworks.prior_step, prev.z_where, prev.z_what,
-                     prev.prior_state)
-  survival, (p_where_loc, p_where_scale), (p_what_loc, p_what_scale) = call(
-      APDRNetworks.prior_heads, prior_state.hidden, _prior_where_offset(
-          config, prev), prev.z_what)
+  with jax.named_scope("prior"):
+    prior_state = call(APDRNetworks.prior_step, prev.z_where, prev.z_what,
+                       prev.prior_state)
+    survival, (p_where_loc, p_where_scale), (p_what_loc, p_what_scale) = call(
+        APDRNetworks.prior_heads, prior_state.hidden, _prior_where_offset(
+            config, prev), prev.z_what)
   # Where q looks for each object, and the location its z_where is an offset
   # from. The prior's prediction knows the object's velocity, so the glimpse
   # is centred on the object even when it moves by more than the glimpse can
@@ -473,7 +474,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   anchor = (p_where_loc if config.propagation_glimpse == "prior"
             else prev.z_where)
   if config.ink_tracking_steps or config.ink_fit_steps:
-    anchor = ink_anchor(config, params, image, prev, anchor)
+    with jax.named_scope("ink_anchor"):
+      anchor = ink_anchor(config, params, image, prev, anchor)
     if not config.ink_gradient:
       # The anchor's value is exact, so the bound is; its gradient is left
       # out. A converged fit depends on the frame, not on where it started,
@@ -540,12 +542,13 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
 
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   relation0 = call(APDRNetworks.relation_initial, batch)
-  (relation, canvas), outputs = jax.lax.scan(
-      step, (relation0, jnp.zeros_like(image)),
-      (swap(features), swap(anchor), swap(prev.z_what),
-       swap(prior_state.hidden), swap(prev.presence),
-       swap(jnp.ones_like(prev.presence) if keep is None else keep),
-       jax.random.split(rng, n)), unroll=True)
+  with jax.named_scope("object_scan"):
+    (relation, canvas), outputs = jax.lax.scan(
+        step, (relation0, jnp.zeros_like(image)),
+        (swap(features), swap(anchor), swap(prev.z_what),
+         swap(prior_state.hidden), swap(prev.presence),
+         swap(jnp.ones_like(prev.presence) if keep is None else keep),
+         jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline, q_survival = (
       swap(x) for x in outputs)
   active = prev.presence
@@ -636,8 +639,8 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
   basis = jnp.eye(3, dtype=anchor.dtype)
   drawn, jacobian = jax.vmap(
       lambda tangent: jax.jvp(draw, (anchor,), (jnp.broadcast_to(
-          tangent, anchor.shape),)), out_axes=(None, 2))(basis)
-  # jacobian [B, N, 3, H, W]: d drawing / d (s, x, y) of the same object.
+          tangent, anchor.shape),)), out_axes=(None, 0))(basis)
+  # jacobian [3, B, N, H, W]: d drawing / d (s, x, y) of the same object.
   window = _window(anchor, config.ink_window, height, width)
   own_ink = _own_ink(image, drawn) * window
   if config.air.canvas == "clip":
@@ -647,12 +650,18 @@ def _fit_step(config, templates, image, presence, anchor, damping=0.1):
     drawings_sum = drawn.sum(1, keepdims=True)
     residual = image[:, None] - air.composite(config.air, drawings_sum)
     residual = residual * window
-    jacobian = jacobian * (drawings_sum < 1.0)[:, :, None]
+    window = window * (drawings_sum < 1.0)
   else:
     residual = own_ink - drawn * window
-  jacobian = jacobian * window[:, :, None]
-  normal = jnp.einsum("bnkhw,bnlhw->bnkl", jacobian, jacobian)
-  gradient = jnp.einsum("bnkhw,bnhw->bnk", jacobian, residual)
+  jacobian = jacobian * window
+  # The 3x3 normal equations as six pixel sums: as a batched matrix product
+  # ("bnkhw,bnlhw->bnkl") XLA:CPU spent 5 times longer on them (profiled).
+  pixel_sum = lambda x: x.sum((-2, -1))
+  normal = jnp.stack([jnp.stack([pixel_sum(jacobian[k] * jacobian[l])
+                                 for l in range(3)], -1) for k in range(3)],
+                     -2)
+  gradient = jnp.stack([pixel_sum(jacobian[k] * residual) for k in range(3)],
+                       -1)
   diagonal = jnp.diagonal(normal, axis1=-2, axis2=-1)
   normal = normal + (damping * diagonal + 1e-6)[..., None] * jnp.eye(3)
   step = jnp.linalg.solve(normal, gradient[..., None])[..., 0]
@@ -820,30 +829,35 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   prop_key, disc_key = jax.random.split(rng)
   carry = carry._replace(objects=_clean(config, carry.objects))
   prev = carry.objects
-  temporal = _call(config, params, APDRNetworks.temporal_step, prev.z_where,
-                   prev.z_what, prev.presence, carry.temporal)
-  prop = propagate(config, params, image, carry, temporal, prop_key,
-                   deterministic, min_survival, keep)
+  with jax.named_scope("temporal"):
+    temporal = _call(config, params, APDRNetworks.temporal_step, prev.z_where,
+                     prev.z_what, prev.presence, carry.temporal)
+  with jax.named_scope("propagation"):
+    prop = propagate(config, params, image, carry, temporal, prop_key,
+                     deterministic, min_survival, keep)
   num_propagated = prop.presence.sum(-1)
   max_steps = config.num_slots - num_propagated.astype(jnp.int32)
   render = lambda z_what, z_where, presence: glimpse.render_sum(
       air.decode(a, params["air"], z_what), z_where, presence, a.canvas_size,
       a.canvas_size)
-  prop_canvas = (prop.canvas if prop.canvas is not None else
-                 render(prop.z_what, prop.z_where, prop.presence))
-  if config.discovery_input == "residual":
-    seen = _residual(image, prop_canvas, config.residual_gain)
-    image_gates = air.image_gates(a, params["air"], seen)
-  else:
-    seen = image
-  disc = air.infer(a, params["air"], seen, disc_key, image_gates=image_gates,
-                   context=prop.relation.hidden, max_steps=max_steps,
-                   deterministic=deterministic)
-  disc_log_p_presence, disc_log_p_z = air.prior_log_probs(a, disc, rho)
-  # Every present object of both phases (absent slots weigh 0).
-  canvas = air.composite(a, prop_canvas + render(disc.z_what, disc.z_where,
-                                                  disc.presence))
-  log_lik = air.log_likelihood(a, image, canvas)
+  with jax.named_scope("propagation_render"):
+    prop_canvas = (prop.canvas if prop.canvas is not None else
+                   render(prop.z_what, prop.z_where, prop.presence))
+  with jax.named_scope("discovery"):
+    if config.discovery_input == "residual":
+      seen = _residual(image, prop_canvas, config.residual_gain)
+      image_gates = air.image_gates(a, params["air"], seen)
+    else:
+      seen = image
+    disc = air.infer(a, params["air"], seen, disc_key, image_gates=image_gates,
+                     context=prop.relation.hidden, max_steps=max_steps,
+                     deterministic=deterministic)
+    disc_log_p_presence, disc_log_p_z = air.prior_log_probs(a, disc, rho)
+  with jax.named_scope("likelihood"):
+    # Every present object of both phases (absent slots weigh 0).
+    canvas = air.composite(a, prop_canvas + render(disc.z_what, disc.z_where,
+                                                    disc.presence))
+    log_lik = air.log_likelihood(a, image, canvas)
   prop_kl = (prop.log_q_presence + prop.log_q_z - prop.log_p_presence -
              prop.log_p_z)
   disc_kl = (disc.log_q_presence + disc.log_q_z - disc_log_p_presence -
@@ -854,7 +868,8 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   disc_baseline = air.baseline_values(a, params["air"], disc.hidden)
   baseline = jnp.concatenate([prop.baseline, disc_baseline,
                               jnp.zeros_like(log_lik)[:, None]], 1)
-  objects = _compact(config, params, carry, prop, disc)
+  with jax.named_scope("compact"):
+    objects = _compact(config, params, carry, prop, disc)
   num_discovered = disc.presence.sum(-1)
   new_carry = Carry(objects, temporal,
                     carry.next_id + num_discovered.astype(jnp.int32))
@@ -907,7 +922,9 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
                      gates: jax.Array | None = None,
                      deterministic: bool = False,
                      with_canvas: bool = False,
-                     min_survival: jax.Array | float = 0.0) -> SequenceTerms:
+                     min_survival: jax.Array | float = 0.0,
+                     num_frames: jax.Array | None = None,
+                     remat: bool = False) -> SequenceTerms:
   """Samples q over a sequence once per input and returns its log-weight.
 
   Args:
@@ -921,11 +938,22 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
     deterministic: posterior modes (evaluation).
     with_canvas: also return the reconstructions in `frames.canvas`.
     min_survival: floor on q's survival probability (see `propagate`).
+    num_frames: optional int32 scalar, possibly traced: only the first
+      `num_frames` frames are read (a curriculum stage). The later frames
+      are skipped by a `lax.cond` (no work, forward or backward) and their
+      outputs, terms included, are exactly 0, as if the sequence were cut
+      there and its terms padded with zeros; one compiled step then serves
+      every stage.
+    remat: under autodiff, recompute each frame's forward pass in the
+      backward pass instead of storing its intermediates for every frame
+      (`jax.checkpoint`). Training uses it: on XLA:CPU the recomputation
+      cost less than writing and reading the stored intermediates, and a
+      skipped frame then stores nothing (docs/apdr_speed.md).
 
   Returns:
     `SequenceTerms`.
   """
-  batch, num_frames = images.shape[:2]
+  batch, total_frames = images.shape[:2]
   if gates is None:
     gates = image_gates(config, params, images)
 
@@ -935,10 +963,23 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
                       jax.random.fold_in(rng, index), rho, deterministic,
                       with_canvas, min_survival)
 
+  if remat:
+    step = jax.checkpoint(step)
+  if num_frames is not None:
+    read = step
+
+    def skip(carry, inputs):
+      shapes = jax.eval_shape(read, carry, inputs)[1]
+      return carry, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype),
+                                 shapes)
+
+    def step(carry, inputs):  # pylint: disable=function-redefined
+      return jax.lax.cond(inputs[2] < num_frames, read, skip, carry, inputs)
+
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   _, frames = jax.lax.scan(
       step, initial_carry(config, params, batch),
-      (swap(images), swap(gates), jnp.arange(num_frames)))
+      (swap(images), swap(gates), jnp.arange(total_frames)))
   frames = jax.tree.map(swap, frames)
   flat = lambda x: x.reshape(batch, -1)
   return SequenceTerms(flat(frames.terms), flat(frames.score_log_q),

@@ -7,6 +7,8 @@ dataclasses; the rest are schedules (presence prior, curriculum) and sizes.
 
 import dataclasses
 
+import jax
+import jax.numpy as jnp
 import ml_collections
 
 from apdr_jax import air
@@ -52,7 +54,7 @@ def is_sequential(config) -> bool:
   return config.model_name == "apdr"
 
 
-def num_frames_at(config, step: int) -> int:
+def num_frames_at(config, step):
   """Frames per training sequence at `step` (the curriculum on length).
 
   Starts at `curriculum_start_frames` and adds one frame every
@@ -60,18 +62,31 @@ def num_frames_at(config, step: int) -> int:
   static scenes. From step `curriculum_max_frames_from` on, it is at most
   `curriculum_max_frames` (when positive): a cap from the start, or a last
   stage on shorter sequences. Evaluation always reads every frame.
+
+  Args:
+    config: run config.
+    step: a Python int, or a traced int32 scalar inside the update step
+      (the stage is then a value, not a shape: one compile per run).
+
+  Returns:
+    An int for an int `step`, else an int32 scalar.
   """
   if config.data.kind != "sequences":
     return 0
+  traced = isinstance(step, jax.Array)
+  minimum = jnp.minimum if traced else min
   total = config.data.num_frames
   start = config.get("curriculum_start_frames", 0)
   every = config.get("curriculum_steps_per_frame", 0)
   if start > 0 and every > 0:
-    total = min(total, start + step // every)
+    total = minimum(total, start + step // every)
   cap = config.get("curriculum_max_frames", 0)
-  if cap > 0 and step >= config.get("curriculum_max_frames_from", 0):
-    total = min(total, cap)
-  return int(total)
+  if cap > 0:
+    after = step >= config.get("curriculum_max_frames_from", 0)
+    capped = minimum(total, cap)
+    total = jnp.where(after, capped, total) if traced else (
+        capped if after else total)
+  return jnp.asarray(total, jnp.int32) if traced else int(total)
 
 
 def num_terms(config) -> int:

@@ -193,7 +193,7 @@ def init_from_air_workdir(config, state: TrainState, workdir: str):
 
 
 def loss_and_metrics(config, params, nvil_state, images, rng, rho,
-                     min_survival=0.0):
+                     min_survival=0.0, num_frames=None):
   """The surrogate loss for one batch and the scalars to log.
 
   Args:
@@ -204,13 +204,15 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
     rng: key for the `K` samples.
     rho: scalar presence prior.
     min_survival: APDR only, the floor on q's survival probability.
+    num_frames: APDR only, optional int32 scalar: read the first
+      `num_frames` frames (a curriculum stage; all when None).
 
   Returns:
     `(loss, (new_nvil_state, metrics))`.
   """
   if run_config.is_sequential(config):
     return _apdr_loss_and_metrics(config, params, nvil_state, images, rng, rho,
-                                  min_survival)
+                                  min_survival, num_frames)
   mc = run_config.model_config(config)
   k, batch = config.num_samples, images.shape[0]
   # The K samples are folded into the batch rather than vmapped: XLA's CPU
@@ -243,27 +245,30 @@ def _surrogate(config, out, nvil_state) -> objectives.Surrogate:
 
 
 def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
-                           min_survival):
+                           min_survival, num_frames):
   """`loss_and_metrics` for APDR on `sequences [batch, T, H, W]`.
 
-  The terms of a `T`-frame curriculum stage are padded with zero columns to
-  the full length, so the NVIL statistics keep one shape (a zero column has
-  no score and does not change the earlier columns' signals).
+  In a curriculum stage of `num_frames < T` frames, the later frames' terms
+  are exactly zero columns (`apdr.log_weight_terms`), so the NVIL statistics
+  keep one shape (a zero column has no score and does not change the
+  earlier columns' signals) and one compiled step serves every stage.
   """
   mc = run_config.model_config(config)
-  k, batch = config.num_samples, sequences.shape[0]
+  k, batch, total = config.num_samples, sequences.shape[0], sequences.shape[1]
+  if num_frames is None:
+    num_frames = jnp.asarray(total, jnp.int32)
   # Shared by the K samples (empty when discovery reads the residual).
   gates = apdr.image_gates(mc, params, sequences)
   tile = lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
       (k * batch,) + x.shape[1:])
   out = apdr.log_weight_terms(mc, params, tile(sequences), rng, rho,
-                              gates=tile(gates), min_survival=min_survival)
+                              gates=tile(gates), min_survival=min_survival,
+                              num_frames=num_frames, remat=True)
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
-  pad = run_config.num_terms(config) - out.terms.shape[-1]
-  widen = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, pad)))
-  out = out._replace(terms=widen(out.terms), score_log_q=widen(out.score_log_q),
-                     baseline=widen(out.baseline))
-  surrogate = _surrogate(config, out, nvil_state)
+  # Means over the frames read (the skipped ones are zeros).
+  frame_mean = lambda x: x.sum() / (k * batch * num_frames)
+  with jax.named_scope("objective"):
+    surrogate = _surrogate(config, out, nvil_state)
   frames = out.frames
   # Mean survival probabilities over the decisions taken (objects of the
   # previous frame): a collapse of tracking shows here first.
@@ -274,10 +279,10 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
       loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
       log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
       baseline_loss=surrogate.baseline_loss,
-      mean_count=frames.presence.sum(-1).mean(),
-      mean_propagated=frames.num_propagated.mean(),
-      mean_discovered=frames.num_discovered.mean(), rho=rho,
-      num_frames=jnp.asarray(sequences.shape[1], jnp.float32))
+      mean_count=frame_mean(frames.presence),
+      mean_propagated=frame_mean(frames.num_propagated),
+      mean_discovered=frame_mean(frames.num_discovered), rho=rho,
+      num_frames=num_frames.astype(jnp.float32))
   return surrogate.loss, (surrogate.nvil_state, metrics)
 
 
@@ -291,8 +296,10 @@ def make_update_step(config, mesh, max_traces: int | None = None,
     max_traces: if set, `chex.assert_max_traces` fails on a retrace beyond it
       (tests use 1 to prove that the loop never recompiles).
 
-    num_frames: for sequences, train on the first `num_frames` frames (a
-      curriculum stage; each stage compiles once); all frames when None.
+    num_frames: for sequences, always train on the first `num_frames`
+      frames; when None, the curriculum's stage at the state's step
+      (`run_config.num_frames_at`, a traced value: one compile serves every
+      stage).
 
   Returns:
     `update(state, train_streams, base_key) -> (state, metrics)`, with
@@ -311,8 +318,10 @@ def make_update_step(config, mesh, max_traces: int | None = None,
                                train_images.shape[0])
     images = jax.vmap(lambda stream, i: stream[i], in_axes=(1, 0))(
         train_images, index)
-    if num_frames is not None and run_config.is_sequential(config):
-      images = images[:, :num_frames]
+    frames = None
+    if run_config.is_sequential(config):
+      frames = (run_config.num_frames_at(config, state.step)
+                if num_frames is None else jnp.asarray(num_frames, jnp.int32))
     images = images.astype(jnp.float32) / 255.0
     images = jax.lax.with_sharding_constraint(images, batch_sharding)
     rho = run_config.rho_at(config, state.step)
@@ -322,11 +331,13 @@ def make_update_step(config, mesh, max_traces: int | None = None,
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
     (loss, (nvil, metrics)), grads = grad_fn(config, state.params, state.nvil,
                                             images, sample_key, rho,
-                                            min_survival)
-    grads, grad_norm, baseline_grad_norm = clip_by_group_norm(
-        grads, config.grad_clip_norm)
-    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+                                            min_survival, frames)
+    with jax.named_scope("optimizer"):
+      grads, grad_norm, baseline_grad_norm = clip_by_group_norm(
+          grads, config.grad_clip_norm)
+      updates, opt_state = optimizer.update(grads, state.opt_state,
+                                            state.params)
+      params = optax.apply_updates(state.params, updates)
     finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) &
               jnp.isfinite(baseline_grad_norm))
     # The host checks this flag at every log and checkpoint step and stops
@@ -388,20 +399,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   train_images = input_pipeline.place_train_streams(
       input_pipeline.training_images(config, train), config.batch_size, mesh)
 
-  # One compiled step per curriculum stage (sequence length); scenes have one.
-  updates = {}
-
-  def update(state, images, key, step):
-    frames = run_config.num_frames_at(config, step - 1)
-    if frames not in updates:
-      step_fn = make_update_step(config, mesh, num_frames=frames or None)
-      if jax.process_count() > 1:
-        # Compile first, then start together: a process whose peers are
-        # still compiling would otherwise time out in its first collective.
-        step_fn = step_fn.lower(state, images, key).compile()
-        parallel.barrier(f"apdr_jax/compiled/{frames}/{step}")
-      updates[frames] = step_fn
-    return updates[frames](state, images, key)
+  # One compiled step for the whole run: a curriculum stage is a value of
+  # the step counter inside it, not a shape.
+  update_step = make_update_step(config, mesh)
+  if jax.process_count() > 1:
+    # Compile first, then start together: a process whose peers are still
+    # compiling would otherwise time out in its first collective.
+    update_step = update_step.lower(state, train_images, train_key).compile()
+    parallel.barrier("apdr_jax/compiled")
 
   writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
   start_step = int(state.step)
@@ -411,7 +416,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   postfix = {}  # the progress bar keeps the last held-out accuracy
   try:
     for step in range(start_step + 1, config.num_steps + 1):
-      state, metrics = update(state, train_images, train_key, step)
+      state, metrics = update_step(state, train_images, train_key)
       if compile_time is None:
         jax.block_until_ready(state.step)
         compile_time = time.perf_counter() - last_time

@@ -2,6 +2,9 @@ r"""Training throughput, compile time and peak memory (DESIGN §6).
 
   python -m launch.benchmark --config=configs/air_multi_mnist.py \
       [--steps=200] [--repeats=3] [--glimpse] [--out=benchmark.json]
+  python -m launch.benchmark --config=configs/apdr_from_air_mix_clip.py \
+      --estimators=vimco:5 --steps=10 --repeats=2 \
+      --air_config=configs/air_moving_mnist_clip.py --eval
 
 Runs the config's jitted update step with NVIL (K=1) and VIMCO (K=5) on the
 standard shapes (batch 64, 50x50, N=3 unless the config says otherwise) and
@@ -9,10 +12,16 @@ reports the median images/s over `repeats` timed blocks of `steps` steps, the
 first call's time (compile), and peak memory. The scene content does not change
 the cost of any operation, so random uint8 scenes stand in for the data set.
 For APDR (`--config=configs/apdr_moving_mnist.py --estimators=vimco:5`) the
-unit is sequences of the full length `data.num_frames`, and the report adds
-the share of a training run's time spent compiling (one compile per
-curriculum stage, with the steps per stage and the measured step times).
-`--glimpse` also times both glimpse formulations, forward and backward.
+unit is sequences of the full length `data.num_frames` (frame-samples/s =
+sequences/s x T x K), and the report adds the step time at the curriculum's
+first stage (frames beyond it are skipped inside the one compiled step), the
+number of compiles, and the share of a training run's time spent compiling.
+`--air_config` also runs that AIR config with the same estimators and
+reports its frame-samples/s beside APDR's. `--eval` times the held-out
+evaluation of `--eval_sequences` sequences: q's single pass (modes), and the
+best of `--eval_best_of` samples read both ways (`launch.evaluate`'s
+search). `--glimpse` also times both glimpse formulations, forward and
+backward.
 Time nothing else on the machine meanwhile.
 """
 
@@ -34,6 +43,13 @@ _GLIMPSE = flags.DEFINE_bool("glimpse", False, "Also time glimpse methods.")
 _ESTIMATORS = flags.DEFINE_list("estimators", ["nvil:1", "vimco:5"],
                                 "estimator:K pairs to run.")
 _OUT = flags.DEFINE_string("out", "benchmark.json", "Where the JSON goes.")
+_AIR_CONFIG = config_flags.DEFINE_config_file(
+    "air_config", None, "Optional AIR config to run beside an APDR one.")
+_EVAL = flags.DEFINE_bool("eval", False, "APDR: also time the evaluation.")
+_EVAL_SEQUENCES = flags.DEFINE_integer("eval_sequences", 200,
+                                       "Sequences the evaluation reads.")
+_EVAL_BEST_OF = flags.DEFINE_integer("eval_best_of", 100,
+                                     "Samples of the best-of-K search.")
 
 
 def _peak_rss_mb() -> float:
@@ -65,19 +81,28 @@ def benchmark_training(config, steps, repeats):
   images = input_pipeline.place_train_streams(images, config.batch_size, mesh)
   state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                          parallel.replicated(mesh))
-  update = train.make_update_step(config, mesh)
   key = jax.random.key(1)
-  start = time.perf_counter()
-  state, _ = update(state, images, key)
-  jax.block_until_ready(state)
-  compile_s = time.perf_counter() - start
-  rates = []
-  for _ in range(repeats):
+
+  def timed(update):
+    nonlocal state
     start = time.perf_counter()
-    for _ in range(steps):
-      state, _ = update(state, images, key)
+    state, _ = update(state, images, key)
     jax.block_until_ready(state)
-    rates.append(steps * config.batch_size / (time.perf_counter() - start))
+    compile_s = time.perf_counter() - start
+    rates = []
+    for _ in range(repeats):
+      start = time.perf_counter()
+      for _ in range(steps):
+        state, _ = update(state, images, key)
+      jax.block_until_ready(state)
+      rates.append(steps * config.batch_size / (time.perf_counter() - start))
+    return compile_s, rates
+
+  # Full-length sequences: the state's step stays in the curriculum's first
+  # stage, so the full length is asked for explicitly.
+  frames = config.data.num_frames if sequential else None
+  update = train.make_update_step(config, mesh, num_frames=frames)
+  compile_s, rates = timed(update)
   unit = "sequences" if sequential else "images"
   result = dict(model=config.model_name, unit=unit,
               estimator=config.estimator, num_samples=config.num_samples,
@@ -85,9 +110,20 @@ def benchmark_training(config, steps, repeats):
               num_slots=config.model.num_slots,
               images_per_second=statistics.median(rates),
               images_per_second_all=rates, compile_seconds=compile_s,
+              frame_samples_per_second=statistics.median(rates) *
+              config.num_samples,
               devices=f"{jax.device_count()} x {jax.devices()[0].device_kind}")
   if sequential:
+    first = run_config.num_frames_at(config, 0)
+    stage_rate = None
+    if first < config.data.num_frames:
+      stage_rate = statistics.median(timed(train.make_update_step(
+          config, mesh, num_frames=first))[1])
     result.update(num_frames=config.data.num_frames,
+                  frame_samples_per_second=result["images_per_second"] *
+                  config.data.num_frames * config.num_samples,
+                  first_stage_frames=first,
+                  first_stage_sequences_per_second=stage_rate,
                   sequences_per_second=result["images_per_second"],
                   frames_per_second=result["images_per_second"] *
                   config.data.num_frames,
@@ -100,9 +136,10 @@ def benchmark_training(config, steps, repeats):
 def compile_share(config, compile_s, full_step_s) -> dict:
   """Estimated share of a whole training run spent compiling.
 
-  One compile per curriculum stage (each about `compile_s`, as the scan body
-  does not grow with T), and a step of a `T`-frame stage costing
-  `T / num_frames` of the full-length step.
+  One compile per run (the curriculum's stage is a value inside the step),
+  and a step of a `T`-frame stage costing `T / num_frames` of the
+  full-length step (the skipped frames cost nothing;
+  `first_stage_sequences_per_second` checks it).
   """
   from apdr_jax import run_config
   total = config.data.num_frames
@@ -111,11 +148,51 @@ def compile_share(config, compile_s, full_step_s) -> dict:
     frames = run_config.num_frames_at(config, step)
     stages[frames] = stages.get(frames, 0) + 1
   train_s = sum(n * full_step_s * t / total for t, n in stages.items())
-  compile_total = compile_s * len(stages)
+  compile_total = compile_s
   return dict(curriculum_stages=len(stages),
               estimated_run_compile_seconds=compile_total,
               estimated_run_train_seconds=train_s,
               compile_share=compile_total / (compile_total + train_s))
+
+
+def benchmark_evaluation(config, num_sequences: int, best_of: int) -> dict:
+  """Sequences/s of q's single pass and of the best-of-K search both ways.
+
+  Random parameters and frames: every slot is computed whether or not an
+  object is present, so the cost does not depend on either. Each reading
+  first compiles on one chunk, then reads all `num_sequences` (a multiple
+  of the chunk, so that no other shape compiles) under the clock.
+  """
+  import jax
+  import numpy as np
+  from apdr_jax import apdr
+  from apdr_jax import run_config
+  from apdr_jax import sequence_evaluation
+
+  mc = run_config.model_config(config)
+  params = {"params": apdr.init_params(mc, jax.random.key(0))}["params"]
+  size = config.data.canvas_size
+  sequences = np.random.default_rng(0).random(
+      (num_sequences, config.data.num_frames, size, size), dtype=np.float32)
+  batch = config.eval_batch_size
+  runs = dict(
+      single_pass=lambda x: sequence_evaluation.decompose(
+          mc, params, x, batch_size=batch),
+      best_of_both_directions=lambda x: sequence_evaluation.read_both_directions(
+          mc, params, x, 1e-5, best_of, jax.random.key(0), batch))
+  result = dict(eval_sequences=num_sequences, eval_best_of=best_of)
+  # One chunk of each reading's size compiles it (`decompose` holds K
+  # samples of `batch * 4 // K` sequences at once).
+  warm_up = dict(single_pass=batch,
+                 best_of_both_directions=max(1, batch * 4 // best_of))
+  for name, fn in runs.items():
+    fn(sequences[:warm_up[name]])
+    start = time.perf_counter()
+    fn(sequences)
+    seconds = time.perf_counter() - start
+    result[f"eval_{name}_seconds"] = seconds
+    result[f"eval_{name}_sequences_per_second"] = num_sequences / seconds
+  return result
 
 
 def benchmark_glimpses(config, repeats=20):
@@ -156,19 +233,35 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   import jax
   report = {"backend": jax.default_backend(), "runs": []}
-  for spec in _ESTIMATORS.value:
-    estimator, k = spec.split(":")
-    config = _CONFIG.value.copy_and_resolve_references()
-    config.estimator, config.num_samples = estimator, int(k)
-    run = benchmark_training(config, _STEPS.value, _REPEATS.value)
-    run["peak_rss_mb"] = _peak_rss_mb()
-    run["device_peak_mb"] = _device_peak_mb(jax)
-    report["runs"].append(run)
-    print(f"{estimator} K={k}: {run['images_per_second']:.1f} {run['unit']}/s, "
-          f"compile {run['compile_seconds']:.1f} s, "
-          f"peak RSS {run['peak_rss_mb']:.0f} MB" + (
-              f", compile share of a run {run['compile_share']:.1%}"
-              if "compile_share" in run else ""), flush=True)
+  configs = [_CONFIG.value]
+  if _AIR_CONFIG.value is not None:
+    configs.append(_AIR_CONFIG.value)
+  for base in configs:
+    for spec in _ESTIMATORS.value:
+      estimator, k = spec.split(":")
+      config = base.copy_and_resolve_references()
+      config.estimator, config.num_samples = estimator, int(k)
+      run = benchmark_training(config, _STEPS.value, _REPEATS.value)
+      run["peak_rss_mb"] = _peak_rss_mb()
+      run["device_peak_mb"] = _device_peak_mb(jax)
+      report["runs"].append(run)
+      print(f"{config.model_name} {estimator} K={k}: "
+            f"{run['images_per_second']:.1f} {run['unit']}/s, "
+            f"{run['frame_samples_per_second']:.0f} frame-samples/s, "
+            f"compile {run['compile_seconds']:.1f} s, "
+            f"peak RSS {run['peak_rss_mb']:.0f} MB" + (
+                f", first stage ({run['first_stage_frames']} frames) "
+                f"{run['first_stage_sequences_per_second']:.1f} sequences/s"
+                if run.get("first_stage_sequences_per_second") else "") + (
+                f", compile share of a run {run['compile_share']:.1%}"
+                if "compile_share" in run else ""), flush=True)
+  if _EVAL.value:
+    report["evaluation"] = benchmark_evaluation(
+        _CONFIG.value, _EVAL_SEQUENCES.value, _EVAL_BEST_OF.value)
+    report["evaluation"]["peak_rss_mb"] = _peak_rss_mb()
+    for key, value in report["evaluation"].items():
+      print(f"{key}: {value:.2f}" if isinstance(value, float) else
+            f"{key}: {value}", flush=True)
   if _GLIMPSE.value:
     report["glimpse"] = benchmark_glimpses(_CONFIG.value)
     for key, value in report["glimpse"].items():

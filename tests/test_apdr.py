@@ -49,6 +49,43 @@ def test_shapes(params):
                              rtol=1e-5, atol=1e-3)
 
 
+def test_frames_beyond_num_frames_are_skipped_with_zero_log_weights(params):
+  """A curriculum stage as a value: the first frames equal a cut sequence's,
+  and every output of the skipped frames, the log-weight terms included, is
+  exactly 0 (so are their gradients)."""
+  batch, frames, stage = 2, 4, 2
+  sequences = _sequences(batch, frames)
+  per_frame = 2 * TINY.num_slots + 1
+  run = jax.jit(lambda p, x, n: apdr.log_weight_terms(
+      TINY, p, x, jax.random.key(1), 0.3, with_canvas=True, num_frames=n))
+  masked = run(params, sequences, jnp.asarray(stage))
+  cut = jax.jit(lambda p, x: apdr.log_weight_terms(
+      TINY, p, x, jax.random.key(1), 0.3, with_canvas=True))(
+          params, sequences[:, :stage])
+  chex.assert_shape(masked.terms, (batch, frames * per_frame))
+  np.testing.assert_allclose(masked.terms[:, :stage * per_frame], cut.terms,
+                             rtol=1e-6, atol=1e-5)
+  for field in jax.tree.leaves(masked.frames):
+    assert np.all(np.asarray(field)[:, stage:] == 0)
+  assert np.all(np.asarray(masked.terms)[:, stage * per_frame:] == 0)
+  np.testing.assert_allclose(masked.log_likelihood, cut.log_likelihood,
+                             rtol=1e-6)
+  # The same traced function reads all frames when told to.
+  full = run(params, sequences, jnp.asarray(frames))
+  likelihoods = np.asarray(full.terms).reshape(batch, frames, per_frame)[..., -1]
+  assert np.all(likelihoods != 0)
+  # Gradients: the skipped frames contribute nothing, recomputed (remat, as
+  # in training) or stored.
+  grad = lambda n, x, remat=False: jax.grad(lambda p: apdr.log_weight_terms(
+      TINY, p, x, jax.random.key(1), 0.3, num_frames=n,
+      remat=remat).terms.sum())(params)
+  g_cut = jax.jit(lambda x: grad(None, x))(sequences[:, :stage])
+  for remat in (False, True):
+    g_masked = jax.jit(lambda n, x, r=remat: grad(n, x, r))(
+        jnp.asarray(stage), sequences)
+    chex.assert_trees_all_close(g_masked, g_cut, rtol=1e-4, atol=1e-5)
+
+
 def test_config_rejects_mismatched_context():
   with pytest.raises(ValueError, match="context_dim"):
     apdr.APDRConfig(air=TINY_AIR, relation_size=5)
@@ -946,10 +983,12 @@ def test_best_of_picks_the_sample_of_highest_log_weight(params):
   best = sequence_evaluation.decompose(TINY, params, np.asarray(images),
                                        batch_size=40, rho=rho, best_of=k,
                                        rng=rng)
-  # One chunk of 3 sequences (40 * 4 // K >= 3): its key is fold_in(rng, 0).
-  keys = jax.random.split(jax.random.fold_in(rng, 0), k)
-  samples = [apdr.log_weight_terms(TINY, params, images, key, rho)
-             for key in keys]
+  # One chunk of 3 sequences (40 * 4 // K >= 3): its key is fold_in(rng, 0),
+  # and its K samples are rows k * 3 + b of one pass over the tiled batch.
+  folded = apdr.log_weight_terms(TINY, params, jnp.tile(images, (k, 1, 1, 1)),
+                                 jax.random.fold_in(rng, 0), rho)
+  samples = [jax.tree.map(lambda x, i=i: x[3 * i:3 * (i + 1)], folded)
+             for i in range(k)]
   log_weights = np.stack([np.asarray(s.terms.sum(-1)) for s in samples])
   chex.assert_shape(best["log_weight"], (3,))
   np.testing.assert_allclose(best["log_weight"], log_weights.max(0),

@@ -41,6 +41,18 @@ def test_curriculum_adds_one_frame_per_stage():
   assert run_config.num_frames_at(config, 0) == 10
 
 
+def test_traced_curriculum_matches_the_python_schedule():
+  """The update step reads the stage from its traced step counter."""
+  config = apdr_moving_mnist.get_config()
+  steps = [0, 1, 999, 1000, 2500, 5999, 6000, 6999, 7000, 50_000]
+  for cap, cap_from in ((0, 0), (5, 0), (5, 6_000)):
+    config.curriculum_max_frames = cap
+    config.curriculum_max_frames_from = cap_from
+    traced = jax.jit(lambda s: run_config.num_frames_at(config, s))
+    assert [int(traced(jax.numpy.asarray(s))) for s in steps] == [
+        run_config.num_frames_at(config, s) for s in steps], (cap, cap_from)
+
+
 def test_curriculum_last_stage_on_shorter_sequences():
   config = apdr_moving_mnist.get_config()  # 3 frames, one more per 1,000 steps
   config.curriculum_max_frames = 5
@@ -157,6 +169,29 @@ def test_steps_change_params_and_compile_once_per_stage():
   for module in ("prop_core", "relation_rnn", "prior_rnn", "temporal_rnn"):
     assert any(jax.tree.leaves(changed[module])), module
   assert any(jax.tree.leaves(changed["air"]["rnn"]))
+
+
+def test_one_compile_serves_every_curriculum_stage():
+  """The stage is a value of the step counter: three stages, one trace."""
+  chex.clear_trace_counter()
+  config = _config(estimator="vimco", num_samples=2)
+  config.curriculum_start_frames = 1
+  config.curriculum_steps_per_frame = 1
+  mesh = parallel.make_mesh(1)
+  state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
+                         parallel.replicated(mesh))
+  size, frames = config.data.canvas_size, config.data.num_frames
+  sequences = np.random.default_rng(0).integers(
+      0, 256, (16, frames, size, size), dtype=np.uint8)
+  streams = input_pipeline.place_train_streams(sequences, config.batch_size,
+                                               mesh)
+  update = train.make_update_step(config, mesh, max_traces=1)
+  seen = []
+  for _ in range(frames + 1):
+    state, metrics = update(state, streams, jax.random.key(1))
+    seen.append(int(metrics["num_frames"]))
+  assert seen == [min(1 + s, frames) for s in range(frames + 1)]
+  assert int(state.nonfinite_step) == -1
 
 
 @pytest.fixture
