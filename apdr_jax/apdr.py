@@ -34,6 +34,7 @@ from typing import NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 from apdr_jax import air
 from apdr_jax import distributions as dist
@@ -482,6 +483,9 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
       # so its derivative by the previous latents is near 0; differentiating
       # through the fit made a training step 2.7 times slower (measured).
       anchor = jax.lax.stop_gradient(anchor)
+    # Saved, not recomputed, under `log_weight_terms(remat=True)`: the fit is
+    # a quarter of a frame's forward pass and its output is 3 numbers.
+    anchor = checkpoint_name(anchor, "ink_anchor")
   explain_away = config.propagation_input == "residual"
   if explain_away:
     features = jnp.zeros((batch, n, 0))  # computed inside the scan
@@ -534,9 +538,16 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
         new_relation, relation)
     baseline = call(APDRNetworks.prop_baseline_value, hidden)
     if explain_away:
-      drawn = glimpse.render(air.decode(a, params["air"], z_what), z_where,
-                             a.canvas_size, a.canvas_size, a.render_method)
-      canvas = canvas + presence[:, None, None] * drawn
+      decoded = air.decode(a, params["air"], z_what)
+      if a.render_method == "separable":
+        # One slot of `render_sum`: the same drawing, with its written-out
+        # backward (autodiff's transposed-operand matmuls are slow on CPU).
+        canvas = canvas + glimpse.render_sum(
+            decoded[:, None], z_where[:, None], presence[:, None],
+            a.canvas_size, a.canvas_size)
+      else:
+        canvas = canvas + presence[:, None, None] * glimpse.render(
+            decoded, z_where, a.canvas_size, a.canvas_size, a.render_method)
     return (relation, canvas), (z_where, z_what, presence, log_q_presence,
                                 log_q_z, baseline, raw_prob)
 
@@ -946,9 +957,11 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
       every stage.
     remat: under autodiff, recompute each frame's forward pass in the
       backward pass instead of storing its intermediates for every frame
-      (`jax.checkpoint`). Training uses it: on XLA:CPU the recomputation
-      cost less than writing and reading the stored intermediates, and a
-      skipped frame then stores nothing (docs/apdr_speed.md).
+      (`jax.checkpoint`), except the ink anchor (a quarter of the forward
+      pass, 3 numbers per object). Training uses it: on XLA:CPU the
+      recomputation cost less than writing and reading the stored
+      intermediates, and a skipped frame then stores nothing
+      (docs/apdr_speed.md).
 
   Returns:
     `SequenceTerms`.
@@ -964,7 +977,9 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
                       with_canvas, min_survival)
 
   if remat:
-    step = jax.checkpoint(step)
+    step = jax.checkpoint(
+        step, policy=jax.checkpoint_policies.save_only_these_names(
+            "ink_anchor"))
   if num_frames is not None:
     read = step
 

@@ -31,7 +31,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _ESTIMATOR = flags.DEFINE_string("estimator", "", "estimator:K (default: the "
                                  "config's).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Traced update steps.")
-_FRAMES = flags.DEFINE_integer("frames", 0, "Frames per sequence (0: all).")
+_FRAMES = flags.DEFINE_integer("frames", 0, "Frames read per sequence (0: "
+                               "all; fewer: a curriculum stage).")
 _OUT = flags.DEFINE_string("out", "profile.json", "Where the JSON goes.")
 
 # Innermost wins; anything else is "other".
@@ -103,7 +104,10 @@ def profile_update(config, steps: int, frames: int = 0) -> dict:
   images = input_pipeline.place_train_streams(images, config.batch_size, mesh)
   state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
                          parallel.replicated(mesh))
-  update = train.make_update_step(config, mesh, num_frames=frames or None)
+  # The state's step sits in the curriculum's first stage: ask for the
+  # full length unless told otherwise.
+  frames = (frames or config.data.num_frames) if sequential else None
+  update = train.make_update_step(config, mesh, num_frames=frames)
   key = jax.random.key(1)
   names = op_names(update.lower(state, images, key).compile().as_text())
   for _ in range(2):  # compile and warm up
