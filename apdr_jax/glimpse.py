@@ -145,6 +145,30 @@ def render(glimpses: jax.Array, z_where: jax.Array, height: int, width: int,
   return _resample(glimpses, rows, cols, method)
 
 
+def render_at(glimpses: jax.Array, z_where: jax.Array, row_centres: jax.Array,
+              col_centres: jax.Array, method: Method = "separable") -> jax.Array:
+  """`render` onto given pixel centres (a window of the canvas, say).
+
+  Args:
+    glimpses: `[batch, g, g]`.
+    z_where: `[batch, 3]` as `(s, x, y)`.
+    row_centres: `[batch, P]`, the `y` of each output row's pixel centre in
+      the canvas's normalised coordinates (`pixel_centres(H)[r0:r0 + P]` for
+      rows `r0...` of an `H`-row canvas).
+    col_centres: `[batch, Q]`, the `x` of each output column.
+    method: "separable" or "gather".
+
+  Returns:
+    `[batch, P, Q]`: the same values as the corresponding pixels of
+    `render(glimpses, z_where, H, W, method)`.
+  """
+  size = glimpses.shape[-1]
+  scale, x, y = z_where[..., 0:1], z_where[..., 1:2], z_where[..., 2:3]
+  rows = _to_pixel_index(scale * (row_centres - y), size)
+  cols = _to_pixel_index(scale * (col_centres - x), size)
+  return _resample(glimpses, rows, cols, method)
+
+
 def render_sum(glimpses: jax.Array, z_where: jax.Array, weights: jax.Array,
                height: int, width: int) -> jax.Array:
   """Renders every slot's glimpse and sums them, weighted, into one canvas.

@@ -16,6 +16,9 @@ unit is sequences of the full length `data.num_frames` (frame-samples/s =
 sequences/s x T x K), and the report adds the step time at the curriculum's
 first stage (frames beyond it are skipped inside the one compiled step), the
 number of compiles, and the share of a training run's time spent compiling.
+`--params_from=WORKDIR` times a trained state of the config's model on its
+own data instead of random ones (APDR's ink anchor reads crops only where
+the objects' windows fit in them, which random parameters rarely give).
 `--air_config` also runs that AIR config with the same estimators and
 reports its frame-samples/s beside APDR's. `--eval` times the held-out
 evaluation of `--eval_sequences` sequences: q's single pass (modes), and the
@@ -46,6 +49,9 @@ _OUT = flags.DEFINE_string("out", "benchmark.json", "Where the JSON goes.")
 _AIR_CONFIG = config_flags.DEFINE_config_file(
     "air_config", None, "Optional AIR config to run beside an APDR one.")
 _EVAL = flags.DEFINE_bool("eval", False, "APDR: also time the evaluation.")
+_PARAMS_FROM = flags.DEFINE_string(
+    "params_from", "", "A workdir of --config's model: time its trained "
+    "state on the config's training data (and --eval on held-out data).")
 _EVAL_SEQUENCES = flags.DEFINE_integer("eval_sequences", 200,
                                        "Sequences the evaluation reads.")
 _EVAL_BEST_OF = flags.DEFINE_integer("eval_best_of", 100,
@@ -62,9 +68,17 @@ def _device_peak_mb(jax):
   return None if peak is None else peak / 2**20
 
 
-def benchmark_training(config, steps, repeats):
+def benchmark_training(config, steps, repeats, params_from=""):
+  """Throughput of the config's update step.
+
+  With `params_from` (a workdir of the same model), its latest checkpoint's
+  state and the config's own training data stand in for the random ones:
+  APDR's ink anchor reads crops only where every object's window fits in
+  one (`ink.py`), which random parameters rarely give.
+  """
   import jax
   import numpy as np
+  from apdr_jax import checkpoints
   from apdr_jax import input_pipeline
   from apdr_jax import parallel
   from apdr_jax import run_config
@@ -78,9 +92,16 @@ def benchmark_training(config, steps, repeats):
   shape = ((512, config.data.num_frames) if sequential else (4096,))
   images = np.random.default_rng(0).integers(
       0, 256, shape + (size, size), dtype=np.uint8)
+  state = train.create_train_state(config, jax.random.key(0))
+  if params_from:
+    step, state = checkpoints.restore_latest(checkpoints.manager(params_from),
+                                             state)
+    if state is None:
+      raise SystemExit(f"error: no checkpoint in {params_from}")
+    images = input_pipeline.training_images(
+        config, input_pipeline.load_data(config)[0])
   images = input_pipeline.place_train_streams(images, config.batch_size, mesh)
-  state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
-                         parallel.replicated(mesh))
+  state = jax.device_put(state, parallel.replicated(mesh))
   key = jax.random.key(1)
 
   def timed(update):
@@ -90,6 +111,10 @@ def benchmark_training(config, steps, repeats):
     jax.block_until_ready(state)
     compile_s = time.perf_counter() - start
     rates = []
+    if params_from:  # first touch of the memory-mapped data, untimed
+      for _ in range(steps):
+        state, _ = update(state, images, key)
+      jax.block_until_ready(state)
     for _ in range(repeats):
       start = time.perf_counter()
       for _ in range(steps):
@@ -155,11 +180,13 @@ def compile_share(config, compile_s, full_step_s) -> dict:
               compile_share=compile_total / (compile_total + train_s))
 
 
-def benchmark_evaluation(config, num_sequences: int, best_of: int) -> dict:
+def benchmark_evaluation(config, num_sequences: int, best_of: int,
+                         params_from: str = "") -> dict:
   """Sequences/s of q's single pass and of the best-of-K search both ways.
 
-  Random parameters and frames: every slot is computed whether or not an
-  object is present, so the cost does not depend on either. Each reading
+  Random parameters and frames (every slot is computed whether or not an
+  object is present), or with `params_from` a trained state on held-out
+  sequences (the ink anchor's crops depend on the objects). Each reading
   first compiles on one chunk, then reads all `num_sequences` (a multiple
   of the chunk, so that no other shape compiles) under the clock.
   """
@@ -170,10 +197,20 @@ def benchmark_evaluation(config, num_sequences: int, best_of: int) -> dict:
   from apdr_jax import sequence_evaluation
 
   mc = run_config.model_config(config)
-  params = {"params": apdr.init_params(mc, jax.random.key(0))}["params"]
+  params = apdr.init_params(mc, jax.random.key(0))
   size = config.data.canvas_size
   sequences = np.random.default_rng(0).random(
       (num_sequences, config.data.num_frames, size, size), dtype=np.float32)
+  if params_from:  # the trained state on the first held-out sequences
+    from apdr_jax import checkpoints
+    from apdr_jax import input_pipeline
+    from apdr_jax import train
+    _, state = checkpoints.restore_latest(
+        checkpoints.manager(params_from),
+        train.create_train_state(config, jax.random.key(0)))
+    params = state.params
+    test = input_pipeline.load_data(config)[1]["images"][:num_sequences]
+    sequences = test.astype(np.float32) / 255.0
   batch = config.eval_batch_size
   runs = dict(
       single_pass=lambda x: sequence_evaluation.decompose(
@@ -236,12 +273,14 @@ def main(argv):
   configs = [_CONFIG.value]
   if _AIR_CONFIG.value is not None:
     configs.append(_AIR_CONFIG.value)
-  for base in configs:
+  for index, base in enumerate(configs):
     for spec in _ESTIMATORS.value:
       estimator, k = spec.split(":")
       config = base.copy_and_resolve_references()
       config.estimator, config.num_samples = estimator, int(k)
-      run = benchmark_training(config, _STEPS.value, _REPEATS.value)
+      run = benchmark_training(
+          config, _STEPS.value, _REPEATS.value,
+          _PARAMS_FROM.value if index == 0 else "")
       run["peak_rss_mb"] = _peak_rss_mb()
       run["device_peak_mb"] = _device_peak_mb(jax)
       report["runs"].append(run)
@@ -257,7 +296,8 @@ def main(argv):
                 if "compile_share" in run else ""), flush=True)
   if _EVAL.value:
     report["evaluation"] = benchmark_evaluation(
-        _CONFIG.value, _EVAL_SEQUENCES.value, _EVAL_BEST_OF.value)
+        _CONFIG.value, _EVAL_SEQUENCES.value, _EVAL_BEST_OF.value,
+        _PARAMS_FROM.value)
     report["evaluation"]["peak_rss_mb"] = _peak_rss_mb()
     for key, value in report["evaluation"].items():
       print(f"{key}: {value:.2f}" if isinstance(value, float) else

@@ -699,6 +699,61 @@ def test_clipped_canvas_fit_leaves_overlapping_digits_where_they_are():
   assert float(jnp.abs(pushed - where)[0, :2].max()) > 0.01
 
 
+def _ink_scene(canvas, seed, scales):
+  """Random digits-like blobs drawn near random anchors on a `canvas`."""
+  rng = np.random.default_rng(seed)
+  n = len(scales)
+  where = np.stack([np.asarray(scales), rng.uniform(-0.6, 0.6, n),
+                    rng.uniform(-0.6, 0.6, n)], -1)[None].astype(np.float32)
+  moved = where + np.concatenate([np.zeros((1, n, 1)), rng.uniform(
+      -0.08, 0.08, (1, n, 2))], -1).astype(np.float32)
+  template = jnp.asarray(rng.uniform(0, 1, (1, n, 10, 10)), jnp.float32)
+  presence = jnp.array([[1.0] * (n - 1) + [0.0]])
+  image = jnp.minimum(glimpse.render_sum(template, jnp.asarray(moved),
+                                         presence, canvas, canvas), 1.0)
+  return jnp.asarray(where), presence, image
+
+
+@pytest.mark.parametrize("canvas_kind", ["clip", "sum"])
+@pytest.mark.parametrize("scales,crop_used", [((2.5, 2.6, 2.5), True),
+                                              ((2.5, 1.0, 2.5), False)])
+def test_ink_anchor_crop_equals_the_whole_canvas(canvas_kind, scales,
+                                                 crop_used):
+  """Each step on crops around the objects gives the whole canvas's anchors;
+  an object too large for its crop sends the step to the whole canvas."""
+  from apdr_jax import ink
+  config = dataclasses.replace(INK, air=dataclasses.replace(
+      INK_AIR, canvas_size=48, canvas=canvas_kind))
+  params, _ = _l_shaped_decoder(apdr.init_params(config, jax.random.key(0)))
+  where, presence, image = _ink_scene(48, 0, scales)
+  objects = _objects(config, params, where, presence)
+  size = ink.crop_size(config)
+  assert 0 < size < 48
+  frame, fits = ink._crop_frame(image, where, config.ink_window, size)
+  assert bool(fits) == crop_used
+  chex.assert_shape(frame.image, (1, 3, size, size))
+  run = jax.jit(lambda crop: ink.ink_anchor(config, params, image, objects,
+                                            where, crop=crop),
+                static_argnums=0)
+  whole, cropped = run(0), run(size)
+  assert float(jnp.abs(whole - where).max()) > 0.01  # the anchors moved
+  np.testing.assert_allclose(cropped, whole, rtol=1e-5, atol=1e-5)
+
+
+def test_render_at_is_a_window_of_render():
+  rng = np.random.default_rng(1)
+  glimpses = jnp.asarray(rng.uniform(size=(2, 6, 6)), jnp.float32)
+  z_where = jnp.array([[2.0, 0.1, -0.2], [3.0, -0.3, 0.25]])
+  full = glimpse.render(glimpses, z_where, 20, 24)
+  rows = jnp.stack([glimpse.pixel_centres(20)[3:11],
+                    glimpse.pixel_centres(20)[9:17]])
+  cols = jnp.stack([glimpse.pixel_centres(24)[0:8],
+                    glimpse.pixel_centres(24)[12:20]])
+  window = glimpse.render_at(glimpses, z_where, rows, cols)
+  np.testing.assert_allclose(window[0], full[0, 3:11, 0:8], atol=1e-6)
+  np.testing.assert_allclose(window[1], full[1, 9:17, 12:20], atol=1e-6)
+
+
 def test_ink_anchor_stays_put_without_ink_and_is_differentiable():
   params, _ = _l_shaped_decoder(apdr.init_params(INK, jax.random.key(0)))
   anchor = jnp.array([[[2.5, -0.35, -0.3], [2.5, 0.3, 0.3], [2.5, 0.0, 0.0]]])
