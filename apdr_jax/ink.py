@@ -121,26 +121,35 @@ def _crop_frame(image: jax.Array, anchor: jax.Array, window: float,
   return frame, jnp.all(rows_fit & cols_fit)
 
 
+def _own_drawing(config, templates, presence, frame: Frame, where):
+  """`[B, N, P, Q]`: each object drawn at `where` in its own frame."""
+  batch, n = presence.shape
+  height, width = frame.image.shape[-2:]
+  flat = lambda x, size: jnp.broadcast_to(x, (batch, n, size)).reshape(
+      batch * n, size)
+  drawn = glimpse.render_at(
+      templates.reshape((batch * n,) + templates.shape[2:]),
+      where.reshape(batch * n, 3), flat(frame.rows, height),
+      flat(frame.cols, width), config.air.render_method)
+  return drawn.reshape(batch, n, height, width) * presence[..., None, None]
+
+
 def _draw(config, templates, presence, frame: Frame, anchor):
   """`(own [B, N, P, Q], total [B, N or 1, P, Q])`: each object's drawing
   and the sum of all objects' drawings, in each object's frame."""
-  batch, n = presence.shape
-  method = config.air.render_method
   if frame.rows.ndim == 1:  # the whole canvas: one drawing per object
-    height, width = frame.image.shape[-2:]
-    flat = lambda x: x.reshape((batch * n,) + x.shape[2:])
-    own = glimpse.render(flat(templates), flat(anchor), height, width,
-                         method).reshape(batch, n, height, width)
-    own = own * presence[..., None, None]
+    own = _own_drawing(config, templates, presence, frame, anchor)
     return own, own.sum(1, keepdims=True)
   # Crops: object j drawn in object i's crop, [B, N (i), N (j), C, C].
+  batch, n = presence.shape
   size = frame.rows.shape[-1]
   pairs = lambda x, axis: jnp.broadcast_to(
       jnp.expand_dims(x, axis), (batch, n, n) + x.shape[2:]).reshape(
           (batch * n * n,) + x.shape[2:])
   drawn = glimpse.render_at(pairs(templates, 1), pairs(anchor, 1),
                             pairs(frame.rows, 2), pairs(frame.cols, 2),
-                            method).reshape(batch, n, n, size, size)
+                            config.air.render_method)
+  drawn = drawn.reshape(batch, n, n, size, size)
   drawn = drawn * presence[:, None, :, None, None]
   own = drawn[:, jnp.arange(n), jnp.arange(n)]
   return own, drawn.sum(2)
@@ -148,18 +157,7 @@ def _draw(config, templates, presence, frame: Frame, anchor):
 
 def _own_jacobian(config, templates, presence, frame: Frame, anchor):
   """`[3, B, N, P, Q]`: d (object i's drawing) / d (s, x, y) of object i."""
-  def own(where):
-    return _draw(config, templates, presence, frame, where)[0]
-
-  if frame.rows.ndim > 1:
-    batch, n = presence.shape
-    flat = lambda x: x.reshape((batch * n,) + x.shape[2:])
-
-    def own(where):  # pylint: disable=function-redefined
-      drawn = glimpse.render_at(flat(templates), flat(where), flat(frame.rows),
-                                flat(frame.cols), config.air.render_method)
-      return drawn.reshape(frame.image.shape) * presence[..., None, None]
-
+  own = lambda where: _own_drawing(config, templates, presence, frame, where)
   basis = jnp.eye(3, dtype=anchor.dtype)
   return jax.vmap(lambda tangent: jax.jvp(own, (anchor,), (jnp.broadcast_to(
       tangent, anchor.shape),))[1])(basis)

@@ -42,39 +42,6 @@ def _apdr_search(model_config, params, sequences, rho, with_canvas, margin):
                            with_canvas=with_canvas)
 
 
-def sample_terms(model_config, params, sequences, rng, num_samples, rho,
-                 with_canvas=False, gates=None) -> apdr.SequenceTerms:
-  """`num_samples` samples of q per sequence in one pass.
-
-  The samples are folded into the batch (row `k * batch + b` is sample `k` of
-  sequence `b`), as in training: one pass over `K * batch` rows runs many
-  times faster on XLA:CPU than `K` passes over `batch` rows (measured in
-  docs/apdr_speed.md).
-
-  Args:
-    model_config: `APDRConfig`.
-    params: its parameters.
-    sequences: `[batch, T, H, W]`.
-    rng: one key for all samples.
-    num_samples: `K`.
-    rho: the discovery prior's ρ.
-    with_canvas: also return every sample's reconstructions.
-    gates: optional `[batch, T, 4L]` image gates (`apdr.image_gates`).
-
-  Returns:
-    `apdr.SequenceTerms` with leaves `[K, batch, ...]`.
-  """
-  batch = sequences.shape[0]
-  if gates is None:
-    gates = apdr.image_gates(model_config, params, sequences)
-  tile = lambda x: jnp.broadcast_to(x[None], (num_samples,) + x.shape).reshape(
-      (num_samples * batch,) + x.shape[1:])
-  out = apdr.log_weight_terms(model_config, params, tile(sequences), rng, rho,
-                              gates=tile(gates), with_canvas=with_canvas)
-  return jax.tree.map(
-      lambda x: x.reshape((num_samples, batch) + x.shape[1:]), out)
-
-
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _apdr_best_sample(model_config, params, sequences, rng, num_samples, rho):
   """q's sample of highest log-weight out of `num_samples`, per sequence.
@@ -83,8 +50,8 @@ def _apdr_best_sample(model_config, params, sequences, rng, num_samples, rho):
     (`FrameOutputs` of the chosen samples, `[batch, T, ...]` each; their
     log-weights `[batch]`).
   """
-  out = sample_terms(model_config, params, sequences, rng, num_samples, rho,
-                     with_canvas=True)
+  out = apdr.sample_log_weight_terms(model_config, params, sequences, rng, rho,
+                                    num_samples, with_canvas=True)
   log_weight, frames = out.terms.sum(-1), out.frames  # [K, batch], ...
   best = jnp.argmax(log_weight, axis=0)  # [batch]
   rows = jnp.arange(sequences.shape[0])
@@ -280,8 +247,8 @@ def choose_direction(forward: dict, backward: dict) -> dict:
 @functools.partial(jax.jit, static_argnums=(0, 4))
 def _apdr_bounds(model_config, params, sequences, rng, num_samples, rho):
   gates = apdr.image_gates(model_config, params, sequences)
-  out = sample_terms(model_config, params, sequences, rng, num_samples, rho,
-                     gates=gates)
+  out = apdr.sample_log_weight_terms(model_config, params, sequences, rng, rho,
+                                    num_samples, gates=gates)
   log_weight = out.terms.sum(-1)  # [K, B]
   # FIVO: the same number of samples as particles, resampled every frame.
   fivo = particle_filter.particle_filter(

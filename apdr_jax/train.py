@@ -257,14 +257,9 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
   k, batch, total = config.num_samples, sequences.shape[0], sequences.shape[1]
   if num_frames is None:
     num_frames = jnp.asarray(total, jnp.int32)
-  # Shared by the K samples (empty when discovery reads the residual).
-  gates = apdr.image_gates(mc, params, sequences)
-  tile = lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
-      (k * batch,) + x.shape[1:])
-  out = apdr.log_weight_terms(mc, params, tile(sequences), rng, rho,
-                              gates=tile(gates), min_survival=min_survival,
-                              num_frames=num_frames, remat=True)
-  out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
+  out = apdr.sample_log_weight_terms(mc, params, sequences, rng, rho, k,
+                                    min_survival=min_survival,
+                                    num_frames=num_frames, remat=True)
   # Means over the frames read (the skipped ones are zeros).
   frame_mean = lambda x: x.sum() / (k * batch * num_frames)
   with jax.named_scope("objective"):

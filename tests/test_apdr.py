@@ -14,6 +14,7 @@ import pytest
 from apdr_jax import air
 from apdr_jax import apdr
 from apdr_jax import glimpse
+from apdr_jax import ink
 from apdr_jax import networks
 from apdr_jax import objectives
 
@@ -643,10 +644,10 @@ def test_ink_centroid_against_a_direct_computation():
   mass = sum(w for _, _, w in points)
   mean_x = sum(x * w for x, _, w in points) / mass
   mean_y = sum(y * w for _, y, w in points) / mass
-  centre, got_mass = apdr.ink_centroid(jnp.asarray(patch))
+  centre, got_mass = ink.ink_centroid(jnp.asarray(patch))
   np.testing.assert_allclose(centre, [mean_x, mean_y], atol=1e-6)
   np.testing.assert_allclose(got_mass, mass, rtol=1e-6)
-  empty_centre, _ = apdr.ink_centroid(jnp.zeros((4, 4)))
+  empty_centre, _ = ink.ink_centroid(jnp.zeros((4, 4)))
   np.testing.assert_array_equal(empty_centre, [0.0, 0.0])
 
 
@@ -665,7 +666,7 @@ def test_ink_anchor_moves_each_anchor_onto_its_own_digit():
   image = glimpse.render_sum(jnp.broadcast_to(template, (1, 3, 10, 10)),
                              true_where, presence, 32, 32)
   objects = _objects(INK, params, anchor, presence)
-  moved = apdr.ink_anchor(INK, params, image, objects, anchor)
+  moved = ink.ink_anchor(INK, params, image, objects, anchor)
   np.testing.assert_allclose(moved[0, :2, 1:], true_where[0, :2, 1:],
                              atol=0.01)
   np.testing.assert_allclose(moved[0, :2, 0], true_where[0, :2, 0], atol=0.03)
@@ -673,7 +674,7 @@ def test_ink_anchor_moves_each_anchor_onto_its_own_digit():
   # Off: the anchor is returned as it is.
   off = dataclasses.replace(INK, ink_tracking_steps=0, ink_fit_steps=0)
   np.testing.assert_array_equal(
-      apdr.ink_anchor(off, params, image, objects, anchor), anchor)
+      ink.ink_anchor(off, params, image, objects, anchor), anchor)
 
 
 def test_clipped_canvas_fit_leaves_overlapping_digits_where_they_are():
@@ -693,9 +694,9 @@ def test_clipped_canvas_fit_leaves_overlapping_digits_where_they_are():
   assert float(drawn.max()) > 1.5  # the strokes overlap
   image = jnp.minimum(drawn, 1.0)
   objects = _objects(INK, params, where, presence)
-  stay = apdr.ink_anchor(clipped, params, image, objects, where)
+  stay = ink.ink_anchor(clipped, params, image, objects, where)
   np.testing.assert_allclose(stay, where, atol=1e-4)
-  pushed = apdr.ink_anchor(summed, params, image, objects, where)
+  pushed = ink.ink_anchor(summed, params, image, objects, where)
   assert float(jnp.abs(pushed - where)[0, :2].max()) > 0.01
 
 
@@ -721,7 +722,6 @@ def test_ink_anchor_crop_equals_the_whole_canvas(canvas_kind, scales,
                                                  crop_used):
   """Each step on crops around the objects gives the whole canvas's anchors;
   an object too large for its crop sends the step to the whole canvas."""
-  from apdr_jax import ink
   config = dataclasses.replace(INK, air=dataclasses.replace(
       INK_AIR, canvas_size=48, canvas=canvas_kind))
   params, _ = _l_shaped_decoder(apdr.init_params(config, jax.random.key(0)))
@@ -759,10 +759,10 @@ def test_ink_anchor_stays_put_without_ink_and_is_differentiable():
   anchor = jnp.array([[[2.5, -0.35, -0.3], [2.5, 0.3, 0.3], [2.5, 0.0, 0.0]]])
   presence = jnp.array([[1.0, 0.0, 0.0]])
   objects = _objects(INK, params, anchor, presence)
-  moved = apdr.ink_anchor(INK, params, jnp.zeros((1, 32, 32)), objects, anchor)
+  moved = ink.ink_anchor(INK, params, jnp.zeros((1, 32, 32)), objects, anchor)
   np.testing.assert_array_equal(moved, anchor)
   image = jnp.zeros((1, 32, 32)).at[0, 8:14, 9:12].set(1.0)
-  grad = jax.grad(lambda w: apdr.ink_anchor(
+  grad = jax.grad(lambda w: ink.ink_anchor(
       INK, params, image, objects._replace(z_where=w), w)[0, 0, 1:].sum())(
           anchor)
   chex.assert_tree_all_finite(grad)
