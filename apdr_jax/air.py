@@ -50,15 +50,16 @@ class AIRConfig:
   render_method: str = "separable"
   # 0: the image feeds the LSTM gates through one `[H*W, 4*lstm]` matrix (the
   # model as specified). r > 0: through a rank-r factorisation, `[H*W, r]`
-  # then `[r, 4*lstm]`, for speed (README: half of a step's FLOPs are that
-  # matrix on 50x50 images).
+  # then `[r, 4*lstm]`, for speed (docs/air_multi_mnist.md, "Speed": half
+  # of a step's FLOPs are that matrix on 50x50 images).
   image_rank: int = 0
   # How the objects' drawings make the canvas that the likelihood scores:
   # "sum" (notes §8: the partial images are summed) or "clip", min(sum, 1),
   # the way the data generator composes overlapping digits
   # (`data.overlap='clip_sum'`). Under "sum", two objects drawn over the
   # same strokes predict about 2 where the data hold 1, which favours one
-  # object for two overlapping digits (README, "A likely cause").
+  # object for two overlapping digits ("A likely cause" in
+  # docs/apdr_2026-12-06_particles_fivo_clip_canvas.md).
   canvas: str = "sum"
 
   def __post_init__(self):

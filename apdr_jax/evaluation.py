@@ -96,3 +96,16 @@ def bounds(model_config: air.AIRConfig, params, images: np.ndarray,
     sums += np.array([float(v.sum()) for v in values])
   iwae, elbo, log_lik, kl = sums / len(images)
   return dict(iwae=iwae, elbo=elbo, log_likelihood=log_lik, kl=kl)
+
+
+def log_marginal(model_config: air.AIRConfig, params, images: np.ndarray,
+                 rng: jax.Array, rho: float, num_samples: int = 100,
+                 batch_size: int = 100) -> np.ndarray:
+  """IWAE(`num_samples`) estimate of `log p(x)` per image, `[num]` nats."""
+  values = []
+  for index, start in enumerate(range(0, len(images), batch_size)):
+    chunk = jnp.asarray(images[start:start + batch_size])
+    values.append(np.asarray(_bounds(
+        model_config, params, chunk, jax.random.fold_in(rng, index),
+        num_samples, jnp.asarray(rho, jnp.float32))[0]))
+  return np.concatenate(values)

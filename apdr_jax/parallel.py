@@ -55,8 +55,20 @@ def barrier(name: str, timeout_s: int = 7200) -> None:
   """
   if jax.process_count() == 1:
     return
-  from jax._src import distributed  # pylint: disable=g-import-not-at-top
-  distributed.global_state.client.wait_at_barrier(name, timeout_s * 1000)
+  # No public API waits in the coordination service: the pinned JAX's
+  # `jax.distributed` has only initialize/is_initialized/shutdown, and
+  # `multihost_utils.sync_global_devices` is a device collective (the 30 s
+  # above). Should the private path move, that is the fallback.
+  try:
+    from jax._src import distributed  # pylint: disable=g-import-not-at-top
+    client = distributed.global_state.client
+  except (ImportError, AttributeError):
+    client = None
+  if client is None:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    multihost_utils.sync_global_devices(name)
+    return
+  client.wait_at_barrier(name, timeout_s * 1000)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

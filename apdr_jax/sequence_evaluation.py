@@ -258,6 +258,36 @@ def _apdr_bounds(model_config, params, sequences, rng, num_samples, rho):
           out.log_likelihood.mean(0), out.kl.mean(0), fivo)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 4))
+def _apdr_iwae(model_config, params, sequences, rng, num_samples, rho):
+  out = apdr.sample_log_weight_terms(model_config, params, sequences, rng, rho,
+                                    num_samples)
+  return objectives.iwae_bound(out.terms.sum(-1))
+
+
+def log_marginal(model_config, params, sequences: np.ndarray, rng: jax.Array,
+                 rho: float, num_samples: int = 100,
+                 batch_size: int = 10) -> np.ndarray:
+  """IWAE(`num_samples`) estimate of `log p(x)` per sequence, `[num]` nats.
+
+  For AIR (`AIRConfig`), the sum of the frames' independent estimates.
+  """
+  num, frames = sequences.shape[:2]
+  if not is_apdr(model_config):
+    per_frame = evaluation.log_marginal(
+        model_config, params,
+        sequences.reshape((num * frames,) + sequences.shape[2:]), rng, rho,
+        num_samples, batch_size * frames)
+    return per_frame.reshape(num, frames).sum(-1)
+  values = []
+  for index, start in enumerate(range(0, num, batch_size)):
+    chunk = jnp.asarray(sequences[start:start + batch_size])
+    values.append(np.asarray(_apdr_iwae(
+        model_config, params, chunk, jax.random.fold_in(rng, index),
+        num_samples, jnp.asarray(rho, jnp.float32))))
+  return np.concatenate(values)
+
+
 def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
            rho: float, num_samples: int = 100, batch_size: int = 10) -> dict:
   """ELBO and IWAE(K) per sequence in nats, with the ELBO's likelihood and KL.

@@ -7,12 +7,9 @@ it compiles once (tested with `chex.assert_max_traces`). The host touches the
 device only on logging, evaluation and checkpoint steps.
 """
 
-import dataclasses
 import time
-from typing import Any
 
 import chex
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -27,169 +24,17 @@ from apdr_jax import objectives
 from apdr_jax import parallel
 from apdr_jax import run_config
 from apdr_jax import run_evaluation
-from apdr_jax.errors import ApdrError, CheckpointError, ConfigError
+from apdr_jax.errors import ApdrError
+from apdr_jax.grafting import init_from_air_workdir
+from apdr_jax.optimizer import clip_by_group_norm
+from apdr_jax.optimizer import make_optimizer
+from apdr_jax.train_state import TrainState
+from apdr_jax.train_state import create_train_state
 
 
 
 class NonFiniteLossError(ApdrError, FloatingPointError):
   """Training produced a non-finite loss or gradient."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  """Everything a step reads and writes, all arrays (one checkpoint pytree).
-
-  Attributes:
-    step: scalar int32, steps taken.
-    params: model parameters (`AIRNetworks`, including the NVIL baseline).
-    opt_state: optax state.
-    nvil: NVIL's running statistics.
-    nonfinite_step: scalar int32, the first step whose loss or gradient was not
-      finite (that step's update is skipped), or -1.
-  """
-  step: jax.Array
-  params: Any
-  opt_state: Any
-  nvil: objectives.NVILState
-  nonfinite_step: jax.Array
-
-
-def _is_baseline(path) -> bool:
-  """NVIL baseline parameters: AIR's `baseline`, APDR's `prop_baseline`."""
-  return any(str(getattr(p, "key", "")).endswith("baseline") for p in path)
-
-
-def scale_by_group_rate(learning_rate: float,
-                        baseline_learning_rate: float
-                        ) -> optax.GradientTransformation:
-  """`-rate * update`, with its own rate for the NVIL baseline's parameters."""
-  def update_fn(updates, state, params=None):
-    del params
-    return jax.tree_util.tree_map_with_path(
-        lambda path, u: -(baseline_learning_rate if _is_baseline(path)
-                          else learning_rate) * u, updates), state
-  return optax.GradientTransformation(lambda _: optax.EmptyState(), update_fn)
-
-
-def clip_by_group_norm(grads, max_norm: float):
-  """Clips the model's and the baseline's gradients to `max_norm` separately.
-
-  The baseline regresses a learning signal of hundreds of nats, so its
-  gradients are large; clipping it apart keeps it from shrinking the model's.
-
-  Returns:
-    (clipped grads, model grad norm, baseline grad norm).
-  """
-  is_baseline = jax.tree_util.tree_map_with_path(
-      lambda path, _: _is_baseline(path), grads)
-  leaves = jax.tree.leaves(grads)
-  flags = jax.tree.leaves(is_baseline)
-  squares = [jnp.sum(g ** 2) for g in leaves]
-  norms = (jnp.sqrt(sum(q for q, b in zip(squares, flags) if not b)),
-           jnp.sqrt(sum((q for q, b in zip(squares, flags) if b),
-                        jnp.zeros(()))))
-  factors = [jnp.minimum(1.0, max_norm / (n + 1e-12)) for n in norms]
-  clipped = jax.tree_util.tree_map_with_path(
-      lambda path, g: g * factors[1 if _is_baseline(path) else 0], grads)
-  return clipped, norms[0], norms[1]
-
-
-def make_optimizer(config) -> optax.GradientTransformation:
-  """Adam, with the NVIL baseline at its own learning rate (clipping is in
-  `clip_by_group_norm`, applied by the update step).
-
-  With `lr_schedule='cosine'` both rates follow a cosine from their value at
-  step 0 to `lr_final_fraction` of it at `lr_decay_steps` (0: `num_steps`),
-  and stay there. With 'constant' the optimiser state has no step count, as
-  in runs from before the schedule.
-  """
-  transforms = [optax.scale_by_adam()]
-  if config.get("lr_schedule", "constant") == "cosine":
-    decay_steps = config.get("lr_decay_steps", 0) or config.num_steps
-    transforms.append(optax.scale_by_schedule(optax.cosine_decay_schedule(
-        1.0, decay_steps, alpha=config.lr_final_fraction)))
-  transforms.append(scale_by_group_rate(config.learning_rate,
-                                        config.baseline_learning_rate))
-  return optax.chain(*transforms)
-
-
-def create_train_state(config, rng: jax.Array) -> TrainState:
-  mc = run_config.model_config(config)
-  params = (apdr.init_params(mc, rng) if run_config.is_sequential(config)
-            else air.init_params(mc, rng))
-  return TrainState(
-      step=jnp.zeros((), jnp.int32), params=params,
-      opt_state=make_optimizer(config).init(params),
-      nvil=objectives.nvil_init(run_config.num_terms(config)),
-      nonfinite_step=jnp.full((), -1, jnp.int32))
-
-
-def graft_air_params(apdr_params, air_params):
-  """APDR parameters whose discovery and decoder (`apdr_params["air"]`) are a
-  trained AIR's.
-
-  AIR's inference LSTM has no context input; the rows of its latent kernel
-  that APDR adds for the context (the relation state) start at zero, so the
-  grafted discovery behaves exactly like the AIR it came from until training
-  teaches it to use the context.
-
-  Raises:
-    ConfigError: if an architecture field differs (a shape does not match).
-  """
-  target = apdr_params["air"]
-
-  def graft(path, new, old):
-    name = "/".join(str(getattr(p, "key", p)) for p in path)
-    old = jnp.asarray(old)
-    if name == "rnn/latent/kernel" and old.shape[0] < new.shape[0]:
-      old = jnp.concatenate([old, jnp.zeros((new.shape[0] - old.shape[0],) +
-                                            old.shape[1:], old.dtype)])
-    if old.shape != new.shape:
-      raise ConfigError(f"init_air_from: AIR parameter {name} has shape "
-                        f"{old.shape}, APDR's discovery needs {new.shape}; "
-                        "use the same config.model fields for both")
-    return old
-
-  try:
-    grafted = jax.tree_util.tree_map_with_path(graft, target, air_params)
-  except ValueError as e:  # different tree structure
-    raise ConfigError(f"init_air_from: the AIR parameters do not fit APDR's "
-                      f"discovery ({e})") from e
-  return dict(apdr_params, air=grafted)
-
-
-def init_from_air_workdir(config, state: TrainState, workdir: str):
-  """`state` with APDR's discovery and decoder from the AIR run in `workdir`
-  (its newest checkpoint) and a fresh optimiser state."""
-  air_config = checkpoints.load_config(workdir)
-  if run_config.is_sequential(air_config):
-    raise ConfigError(f"init_air_from={workdir!r} is an APDR run; give an "
-                      "AIR workdir")
-  # A field the AIR run's config predates has the model's default there.
-  defaults = dataclasses.asdict(air.AIRConfig())
-  there = lambda key: air_config.model.get(key, defaults.get(key))
-  different = {key: (there(key), value)
-               for key, value in config.model.items()
-               if there(key) != value}
-  if different:
-    listed = ", ".join(f"{key}={air!r} there, {ours!r} here"
-                       for key, (air, ours) in sorted(different.items()))
-    raise ConfigError(f"init_air_from={workdir!r}: config.model differs ("
-                      f"{listed}); pass the AIR run's values, e.g. "
-                      f"--config.model.{min(different)}="
-                      f"{different[min(different)][0]}")
-  target = create_train_state(air_config, jax.random.key(0))
-  step, restored = checkpoints.restore_latest(checkpoints.manager(workdir),
-                                              target)
-  if restored is None:
-    raise CheckpointError(
-        f"init_air_from: no checkpoint under {workdir}/checkpoints")
-  params = graft_air_params(jax.device_get(state.params),
-                            jax.device_get(restored.params))
-  print(f"Discovery and decoder initialised from {workdir} (AIR, step {step}).",
-        flush=True)
-  return state.replace(params=params,
-                       opt_state=make_optimizer(config).init(params))
 
 
 def loss_and_metrics(config, params, nvil_state, images, rng, rho,
@@ -376,19 +221,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   parallel.check_batch_divides(config.batch_size, mesh)
   is_writer = jax.process_index() == 0
   train, test = input_pipeline.load_data(config)
-
-  replicated = parallel.replicated(mesh)
-  base_key = jax.random.key(config.seed)
-  init_key, train_key = jax.random.split(base_key)
-  state = jax.device_put(create_train_state(config, init_key), replicated)
+  init_key, train_key = jax.random.split(jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir)
-  restored_step, restored = checkpoints.restore_latest(mngr, state)
-  if restored is not None:
-    state = restored
-    print(f"Resumed from {workdir} at step {restored_step}.", flush=True)
-  elif config.get("init_air_from"):
-    state = jax.device_put(
-        init_from_air_workdir(config, state, config.init_air_from), replicated)
+  state = _initial_state(config, workdir, mesh, mngr, init_key)
   if is_writer:
     checkpoints.save_config(config, workdir)
   train_images = input_pipeline.place_train_streams(
@@ -402,53 +237,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     # compiling would otherwise time out in its first collective.
     update_step = update_step.lower(state, train_images, train_key).compile()
     parallel.barrier("apdr_jax/compiled")
-
-  writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
-  start_step = int(state.step)
-  progress = _progress_bar(config, start_step, is_writer)
-  last_time, last_step = time.perf_counter(), start_step
-  compile_time = None
-  postfix = {}  # the progress bar keeps the last held-out accuracy
-  try:
-    for step in range(start_step + 1, config.num_steps + 1):
-      state, metrics = update_step(state, train_images, train_key)
-      if compile_time is None:
-        jax.block_until_ready(state.step)
-        compile_time = time.perf_counter() - last_time
-        last_time, last_step = time.perf_counter(), step
-      if progress is not None:
-        progress.update(1)
-      if step % config.log_every == 0 or step == config.num_steps:
-        _check_finite(state, step)
-        scalars = jax.device_get(metrics)
-        now = time.perf_counter()
-        if step > last_step:
-          scalars["images_per_second"] = (
-              (step - last_step) * config.batch_size / (now - last_time))
-        last_time, last_step = now, step
-        # Evaluation runs on host copies of the parameters and needs no
-        # other process, so only process 0 (which writes it) spends time on it.
-        evaluate_now = (step % config.eval_every == 0 or
-                        step == config.num_steps)
-        if is_writer and evaluate_now:
-          scalars.update(
-              run_evaluation.evaluate_counts(config, state.params, test))
-        if evaluate_now:  # the other processes wait here for process 0
-          parallel.barrier(f"apdr_jax/evaluated/{step}")
-          last_time = time.perf_counter()  # evaluation is not training time
-        writer.write(step, scalars)
-        if progress is not None:
-          postfix["elbo"] = f"{scalars['elbo']:.1f}"
-          if "count_accuracy" in scalars:
-            postfix["held_out_acc"] = f"{scalars['count_accuracy']:.3f}"
-          progress.set_postfix(postfix, refresh=False)
-      if step % config.checkpoint_every == 0 or step == config.num_steps:
-        _check_finite(state, step)
-        checkpoints.save(mngr, step, state)
-  finally:
-    if progress is not None:
-      progress.close()
-    writer.close()
+  state, compile_time = _train_loop(config, workdir, mngr, state, update_step,
+                                    train_images, train_key, test, is_writer)
   _check_finite(state, config.num_steps)
   if compile_time is not None and is_writer:
     print(f"First step (compile) took {compile_time:.1f} s.", flush=True)
@@ -462,6 +252,101 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   # while process 0 is still evaluating.
   parallel.barrier("apdr_jax/final_evaluation")
   return result
+
+
+def _initial_state(config, workdir: str, mesh, mngr, init_key) -> TrainState:
+  """The newest checkpoint's state, else a graft of `init_air_from`, else a
+  fresh initialisation; replicated over `mesh`."""
+  replicated = parallel.replicated(mesh)
+  state = jax.device_put(create_train_state(config, init_key), replicated)
+  restored_step, restored = checkpoints.restore_latest(mngr, state)
+  if restored is not None:
+    print(f"Resumed from {workdir} at step {restored_step}.", flush=True)
+    return restored
+  if config.get("init_air_from"):
+    return jax.device_put(
+        init_from_air_workdir(config, state, config.init_air_from), replicated)
+  return state
+
+
+class _Throughput:
+  """Training images per second between logged steps (evaluation excluded)."""
+
+  def __init__(self, step: int):
+    self.time, self.step = time.perf_counter(), step
+
+  def restart(self, step: int | None = None) -> None:
+    self.time = time.perf_counter()
+    self.step = self.step if step is None else step
+
+  def images_per_second(self, step: int, batch_size: int) -> float | None:
+    now = time.perf_counter()
+    rate = ((step - self.step) * batch_size / (now - self.time)
+            if step > self.step else None)
+    self.time, self.step = now, step
+    return rate
+
+
+def _train_loop(config, workdir, mngr, state, update_step, train_images,
+                train_key, test, is_writer):
+  """Steps from `state.step + 1` to `num_steps`: logs, evaluates, saves.
+
+  Returns:
+    `(state, compile_time)`: the last state and the first step's seconds
+    (None if no step ran).
+  """
+  writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
+  start_step = int(state.step)
+  progress = _progress_bar(config, start_step, is_writer)
+  throughput = _Throughput(start_step)
+  compile_time = None
+  postfix = {}  # the progress bar keeps the last held-out accuracy
+  try:
+    for step in range(start_step + 1, config.num_steps + 1):
+      state, metrics = update_step(state, train_images, train_key)
+      if compile_time is None:
+        jax.block_until_ready(state.step)
+        compile_time = time.perf_counter() - throughput.time
+        throughput.restart(step)
+      if progress is not None:
+        progress.update(1)
+      if step % config.log_every == 0 or step == config.num_steps:
+        scalars = _log_scalars(config, step, state, metrics, test, throughput,
+                               is_writer)
+        writer.write(step, scalars)
+        if progress is not None:
+          postfix["elbo"] = f"{scalars['elbo']:.1f}"
+          if "count_accuracy" in scalars:
+            postfix["held_out_acc"] = f"{scalars['count_accuracy']:.3f}"
+          progress.set_postfix(postfix, refresh=False)
+      if step % config.checkpoint_every == 0 or step == config.num_steps:
+        _check_finite(state, step)
+        checkpoints.save(mngr, step, state)
+  finally:
+    if progress is not None:
+      progress.close()
+    writer.close()
+  return state, compile_time
+
+
+def _log_scalars(config, step, state, metrics, test, throughput: _Throughput,
+                 is_writer: bool) -> dict:
+  """A logged step's scalars: the step's metrics, images/s and, at an
+  evaluation step, the held-out counts."""
+  _check_finite(state, step)
+  scalars = jax.device_get(metrics)
+  rate = throughput.images_per_second(step, config.batch_size)
+  if rate is not None:
+    scalars["images_per_second"] = rate
+  # Evaluation runs on host copies of the parameters and needs no other
+  # process, so only process 0 (which writes it) spends time on it.
+  evaluate_now = step % config.eval_every == 0 or step == config.num_steps
+  if is_writer and evaluate_now:
+    scalars.update(run_evaluation.evaluate_counts(config, state.params, test))
+  if evaluate_now:  # the other processes wait here for process 0
+    parallel.barrier(f"apdr_jax/evaluated/{step}")
+    throughput.restart()  # evaluation is not training time
+  return scalars
 
 
 def _progress_bar(config, start_step, enabled):

@@ -2,7 +2,7 @@
 
   python -m launch.train --config=configs/air_multi_mnist.py --workdir=/tmp/air
 
-Three choices on top of the shared default, each measured (README):
+Three choices on top of the shared default, each measured (docs/air_multi_mnist.md):
 
 * `data.overlap='none'`: two digits' strokes never cross; a scene whose
   summed intensity exceeds 1 anywhere is redrawn. This is the rule of Pyro's
@@ -17,7 +17,7 @@ Three choices on top of the shared default, each measured (README):
 * Learning rate 3e-4 (baseline 3e-3) with a cosine decay to 0 over the run:
   the counts are right much sooner (97% at step 6k against 43% at 1e-4).
 
-Measured on the 2-core CPU (README table, rank-128 image map): held-out
+Measured on the 2-core CPU (docs/air_multi_mnist.md, rank-128 image map): held-out
 count accuracy 99.0 / 99.2 / 99.2 / 99.1 / 98.8% for seeds 0-4, 413-532 s of
 training; the README's whole first command took 10 min 30 s from a fresh
 clone (2026-11-27).

@@ -44,14 +44,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.mlp_size = 200
   config.model.likelihood_std = 0.3
   config.model.scale_prior_mean = 2.5
-  config.model.scale_prior_std = 0.1  # see README: +1-3 points of count accuracy
+  config.model.scale_prior_std = 0.1  # docs/air_multi_mnist.md: +1-3 points of count accuracy
   config.model.shift_prior_std = 1.0
-  config.model.presence_init = 0.1  # start with few objects; see README
+  config.model.presence_init = 0.1  # start with few objects; docs/air_multi_mnist.md
   config.model.where_scale_init = 0.1
   config.model.decoder_bias = -2.0
   config.model.extract_method = "gather"
   config.model.render_method = "separable"
-  # > 0: a rank-r image-to-gates matrix (faster; see README). 0 = as specified.
+  # > 0: a rank-r image-to-gates matrix (faster; docs/air_multi_mnist.md). 0 = as specified.
   config.model.image_rank = 0
   # 'sum' (the notes) or 'clip': the canvas min(sum of drawings, 1), the way
   # the data compose overlapping digits (see air.AIRConfig.canvas).
@@ -140,7 +140,8 @@ def get_config() -> ml_collections.ConfigDict:
   # `apdr.search_modes`: each frame q's modes are replaced by a structure
   # with a previous object forgotten (or all, or AIR's fresh reading) when
   # the model's evidence for it is higher by more than this many nats.
-  # Negative: off. Chosen on training sequences (see the README).
+  # Negative: off. Chosen on training sequences
+  # (docs/apdr_2026-12-03_4000_steps_and_search.md).
   config.search_margin = -1.0
   # APDR evaluation: also score the best of this many samples of q per
   # sequence (highest log-weight; `best_of_*` keys). 0 = off.

@@ -2,9 +2,9 @@ r"""Training throughput, compile time and peak memory (DESIGN §6).
 
   python -m launch.benchmark --config=configs/air_multi_mnist.py \
       [--steps=200] [--repeats=3] [--glimpse] [--out=benchmark.json]
-  python -m launch.benchmark --config=configs/apdr_from_air_mix_clip.py \
+  python -m launch.benchmark --config=configs/apdr_moving_mnist.py \
       --estimators=vimco:5 --steps=10 --repeats=2 \
-      --air_config=configs/air_moving_mnist_clip.py --eval
+      --air_config=configs/air_moving_mnist.py --eval
 
 Runs the config's jitted update step with NVIL (K=1) and VIMCO (K=5) on the
 standard shapes (batch 64, 50x50, N=3 unless the config says otherwise) and

@@ -95,9 +95,8 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
         both_directions: bool | None = None,
         particles: bool | None = None) -> dict:
   import jax
-  from apdr_jax import (checkpoints, data, evaluation, plotting, run_config,
-                        train)
-  from apdr_jax.errors import CheckpointError, ConfigError
+  from apdr_jax import api, data, evaluation, plotting, run_config
+  from apdr_jax.errors import ConfigError
 
   if iwae_samples < 1 or num_scenes < 1:
     raise ConfigError("--iwae_samples and --num_scenes must be >= 1")
@@ -107,12 +106,9 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     raise ConfigError(f"--best_of={best_of} must be >= 0 (0: off)")
   if split not in ("test", "train"):
     raise ConfigError(f"--split={split!r}; use 'test' or 'train'")
-  config = checkpoints.load_config(workdir)
-  target = train.create_train_state(config, jax.random.key(0))
-  step, state = checkpoints.restore_latest(checkpoints.manager(workdir), target)
-  if state is None:
-    raise CheckpointError(f"no checkpoint under {workdir}/checkpoints")
-  mc = run_config.model_config(config)
+  model = api.load(workdir)
+  config, step, params = model.config, model.step, model.params
+  mc = model.model_config
   out_path = out_path or os.path.join(workdir, "evaluation.json")
   if explain and not run_config.is_sequential(config):
     raise ConfigError("--explain applies to APDR workdirs (model_name='apdr')")
@@ -129,15 +125,15 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     raise ConfigError("--particles applies to APDR workdirs "
                       "(model_name='apdr')")
   if config.data.get("kind", "scenes") == "sequences":
-    return _run_sequences(config, state, int(step), workdir, images_path,
+    return _run_sequences(config, params, step, workdir, images_path,
                           out_path, iwae_samples, num_scenes, explain,
                           search_margin, split, best_of, both_directions,
                           particles)
   picture = os.path.splitext(out_path)[0] + ".png"
-  result = {"workdir": workdir, "step": int(step), "split": split}
+  result = {"workdir": workdir, "step": step, "split": split}
   if images_path:
     images = data.load_user_images(images_path, mc.canvas_size)
-    decomposed = evaluation.decompose(mc, state.params, images)
+    decomposed = model.decompose(images)
     result["num_images"] = len(images)
     result["images"] = [
         {"index": i, "count": int(decomposed["counts"][i]),
@@ -149,11 +145,11 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     test = _scored_split(config, split)
     num = min(num_scenes, len(test["images"]))
     images = data.to_float(test["images"][:num])
-    decomposed = evaluation.decompose(mc, state.params, images)
+    decomposed = evaluation.decompose(mc, params, images)
     result.update(evaluation.count_accuracy(decomposed["counts"],
                                             test["counts"][:num]))
     result.update(evaluation.bounds(
-        mc, state.params, images, jax.random.key(0),
+        mc, params, images, jax.random.key(0),
         rho=float(run_config.rho_at(config, int(step))),
         num_samples=iwae_samples))
     result.update(num_scenes=num, iwae_samples=iwae_samples)
@@ -173,7 +169,7 @@ def _scored_split(config, split: str) -> dict:
   return train_data if split == "train" else test
 
 
-def _run_sequences(config, state, step, workdir, images_path, out_path,
+def _run_sequences(config, params, step, workdir, images_path, out_path,
                    iwae_samples, num_scenes, explain=0,
                    search_margin=None, split="test", best_of=None,
                    both_directions=None, particles=None) -> dict:
@@ -210,7 +206,7 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
   if images_path:
     sequences = data.load_user_images(images_path, canvas, sequences=True)
     decomposed = sequence_evaluation.decompose(
-        mc, state.params, sequences, search_margin=search_margin, rho=rho,
+        mc, params, sequences, search_margin=search_margin, rho=rho,
         best_of=best_of, both_directions=both_directions,
         particles=particles)
     if search_margin >= 0:
@@ -237,13 +233,13 @@ def _run_sequences(config, state, step, workdir, images_path, out_path,
     test = _scored_split(config, split)
     num = min(num_scenes, len(test["images"]))
     metrics, decomposed = run_evaluation.evaluate_sequences(
-        config, state.params, test, num, iwae_samples, jax.random.key(0),
+        config, params, test, num, iwae_samples, jax.random.key(0),
         rho, search_margin, best_of, both_directions, particles)
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
     if explain:
       table = sequence_evaluation.explain_frames(
-          mc, state.params, sequences[:explain],
+          mc, params, sequences[:explain],
           {k: test[k][:explain] for k in ("boxes", "presence")})
       print(sequence_evaluation.format_explained(table))
       result["explained"] = table

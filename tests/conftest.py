@@ -34,18 +34,16 @@ def _scene_cache(tmp_path_factory, monkeypatch):
   monkeypatch.setenv("APDR_JAX_CACHE", str(cache))
 
 
-@pytest.fixture(scope="session")
-def tiny_apdr_run(tmp_path_factory):
-  """A tiny APDR workdir (4 steps over two curriculum stages, then the final
-  evaluation), shared by the trainer, launcher and notebook tests."""
+def _train_tiny(tmp_path_factory, name: str):
+  """Trains `configs/<name>.py` on one device into a fresh session folder."""
+  import importlib
   from apdr_jax import train
-  from configs import tiny_apdr
-  path = tmp_path_factory.mktemp("tiny_apdr")
+  path = tmp_path_factory.mktemp(name)
   cache = tmp_path_factory.getbasetemp() / "scene_cache"
   previous = os.environ.get("APDR_JAX_CACHE")
   os.environ["APDR_JAX_CACHE"] = str(cache)
   try:
-    config = tiny_apdr.get_config()
+    config = importlib.import_module(f"configs.{name}").get_config()
     config.num_devices = 1
     result = train.train_and_evaluate(config, str(path))
   finally:
@@ -54,6 +52,19 @@ def tiny_apdr_run(tmp_path_factory):
     else:
       os.environ["APDR_JAX_CACHE"] = previous
   return str(path), result
+
+
+@pytest.fixture(scope="session")
+def tiny_air_run(tmp_path_factory):
+  """A tiny AIR workdir (4 steps, then the final evaluation)."""
+  return _train_tiny(tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_apdr_run(tmp_path_factory):
+  """A tiny APDR workdir (4 steps over two curriculum stages, then the final
+  evaluation), shared by the trainer, launcher and notebook tests."""
+  return _train_tiny(tmp_path_factory, "tiny_apdr")
 
 
 # The files whose APDR compiles take minutes, slowest first. Under

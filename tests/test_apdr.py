@@ -308,7 +308,7 @@ def test_compaction_is_stable_and_keeps_ids_and_prior_states():
       baseline=None, relation=None, prior_state=prior_prev)
   disc = air.Slots(jnp.array([[[3., 0, 0], [4., 0, 0]]]), jnp.zeros((1, n, d)),
                    jnp.array([[1., 0.]]), *([None] * 6))
-  objects = apdr._compact(TINY, fresh_params, carry, prop, disc)
+  objects = apdr.frame.compact(TINY, fresh_params, carry, prop, disc)
   np.testing.assert_array_equal(objects.ids, [[7, 9]])
   np.testing.assert_array_equal(objects.presence, [[1., 1.]])
   np.testing.assert_array_equal(objects.z_where[0, :, 0], [2., 3.])
@@ -836,18 +836,18 @@ def test_zero_initialised_transitions_start_at_the_previous_latents():
   # Any features: the loc ignores them at first. No features: the scale is
   # its initial value (softplus of the bias plus the 1e-3 floor).
   hidden = jnp.ones((2, config.hidden_size))
-  _, (loc, _) = apdr._call(config, params, apdr.APDRNetworks.prop_heads,
+  _, (loc, _) = apdr.networks.call(config, params, apdr.APDRNetworks.prop_heads,
                            hidden, where[:, 0])
   np.testing.assert_allclose(loc, where[:, 0], atol=1e-6)
-  _, (_, scale) = apdr._call(config, params, apdr.APDRNetworks.prop_heads,
+  _, (_, scale) = apdr.networks.call(config, params, apdr.APDRNetworks.prop_heads,
                              jnp.zeros_like(hidden), where[:, 0])
   np.testing.assert_allclose(scale, 0.01 + 1e-3, rtol=1e-4)
-  _, (p_loc, _), (w_loc, _) = apdr._call(
+  _, (p_loc, _), (w_loc, _) = apdr.networks.call(
       config, params, apdr.APDRNetworks.prior_heads, hidden, where[:, 0],
       what[:, 0])
   np.testing.assert_allclose(p_loc, where[:, 0], atol=1e-6)
   np.testing.assert_allclose(w_loc, what[:, 0], atol=1e-6)
-  _, (_, p_scale), _ = apdr._call(
+  _, (_, p_scale), _ = apdr.networks.call(
       config, params, apdr.APDRNetworks.prior_heads, jnp.zeros_like(hidden),
       where[:, 0], what[:, 0])
   np.testing.assert_allclose(p_scale, 0.05 + 1e-3, rtol=1e-4)
@@ -855,7 +855,7 @@ def test_zero_initialised_transitions_start_at_the_previous_latents():
   random = apdr.init_params(dataclasses.replace(config,
                                                 zero_init_transitions=False),
                             jax.random.key(3))
-  _, (p_loc, _), _ = apdr._call(config, random, apdr.APDRNetworks.prior_heads,
+  _, (p_loc, _), _ = apdr.networks.call(config, random, apdr.APDRNetworks.prior_heads,
                                 hidden, where[:, 0], what[:, 0])
   assert np.abs(np.asarray(p_loc - where[:, 0])).max() > 1e-4
 
@@ -948,10 +948,10 @@ def test_what_refresh_reads_the_new_glimpse_with_the_air_encoder():
   np.testing.assert_allclose(flat(prop.z_what), loc, atol=1e-5)
   np.testing.assert_allclose(mode(what + 1.0).z_what, prop.z_what, atol=1e-5)
   hidden = jnp.zeros((4, config.hidden_size))
-  _, std = apdr._call(config, params, apdr.APDRNetworks.prop_encode,
+  _, std = apdr.networks.call(config, params, apdr.APDRNetworks.prop_encode,
                       patches.reshape(4, -1), hidden, flat(what))
   np.testing.assert_allclose(std, scale, rtol=1e-6)
-  _, _, (_, what_std) = apdr._call(
+  _, _, (_, what_std) = apdr.networks.call(
       config, params, apdr.APDRNetworks.prior_heads, hidden, flat(where),
       flat(what))
   np.testing.assert_allclose(what_std, 0.7 + 1e-3, rtol=1e-4)
@@ -1026,8 +1026,6 @@ def test_search_forgets_an_object_q_keeps_on_an_empty_frame():
   out = apdr.search_modes(config, params, both, jnp.asarray(0.3), 0.0)
   np.testing.assert_array_equal(out.presence.sum(-1), [[1, 0, 1], [1, 1, 1]])
   np.testing.assert_array_equal(out.ids[:, :, 0], [[0, -1, 1], [0, 0, 0]])
-  with pytest.raises(ValueError, match="score"):
-    apdr.search_modes(config, params, both, jnp.asarray(0.3), score="elbo")
 
 
 def test_best_of_picks_the_sample_of_highest_log_weight(params):

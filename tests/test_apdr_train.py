@@ -27,8 +27,16 @@ def _config(**overrides):
   return config
 
 
-def test_curriculum_adds_one_frame_per_stage():
+def _curriculum_config():
+  """The recipe with 3 frames first and one more every 1,000 steps."""
   config = apdr_moving_mnist.get_config()
+  config.curriculum_start_frames = 3
+  config.curriculum_steps_per_frame = 1_000
+  return config
+
+
+def test_curriculum_adds_one_frame_per_stage():
+  config = _curriculum_config()
   frames = [run_config.num_frames_at(config, s) for s in (0, 999, 1000, 6999, 7000,
                                                      50_000)]
   assert frames == [3, 3, 4, 9, 10, 10]
@@ -43,7 +51,7 @@ def test_curriculum_adds_one_frame_per_stage():
 
 def test_traced_curriculum_matches_the_python_schedule():
   """The update step reads the stage from its traced step counter."""
-  config = apdr_moving_mnist.get_config()
+  config = _curriculum_config()
   steps = [0, 1, 999, 1000, 2500, 5999, 6000, 6999, 7000, 50_000]
   for cap, cap_from in ((0, 0), (5, 0), (5, 6_000)):
     config.curriculum_max_frames = cap
@@ -54,7 +62,7 @@ def test_traced_curriculum_matches_the_python_schedule():
 
 
 def test_curriculum_last_stage_on_shorter_sequences():
-  config = apdr_moving_mnist.get_config()  # 3 frames, one more per 1,000 steps
+  config = _curriculum_config()
   config.curriculum_max_frames = 5
   config.curriculum_max_frames_from = 6_000
   frames = [run_config.num_frames_at(config, s)
@@ -375,11 +383,33 @@ def test_air_baseline_trains_and_evaluates_on_sequences(tmp_path):
   train.init_from_air_workdir(apdr_config, state, str(tmp_path))
 
 
-@pytest.mark.parametrize("name", sorted(
-    f[:-3] for f in os.listdir(os.path.join(os.path.dirname(__file__), "..",
-                                            "configs"))
-    if f.endswith(".py") and f != "__init__.py"))
+def _config_modules() -> list[str]:
+  """Every config module under configs/, experiments included."""
+  root = os.path.join(os.path.dirname(__file__), "..", "configs")
+  names = []
+  for folder, prefix in ((root, ""), (os.path.join(root, "experiments"),
+                                      "experiments.")):
+    names += [prefix + f[:-3] for f in os.listdir(folder)
+              if f.endswith(".py") and f != "__init__.py"]
+  return sorted(names)
+
+
+@pytest.mark.parametrize("name", _config_modules())
 def test_every_config_validates(name):
   import importlib
   config = importlib.import_module(f"configs.{name}").get_config()
   run_config.validate_config(config)
+
+
+@pytest.mark.parametrize("name", [n for n in _config_modules()
+                                  if not n.startswith("experiments.")])
+def test_recipes_read_in_one_file(name):
+  """A recipe imports only `configs.default`: no chains of configs."""
+  import ast
+  path = os.path.join(os.path.dirname(__file__), "..", "configs",
+                      name + ".py")
+  with open(path) as f:
+    tree = ast.parse(f.read())
+  imported = {(node.module, alias.name) for node in ast.walk(tree)
+              if isinstance(node, ast.ImportFrom) for alias in node.names}
+  assert imported <= {("configs", "default")}, imported

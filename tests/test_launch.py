@@ -74,6 +74,12 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
   result = _run("launch.evaluate", f"--workdir={tmp_path / 'empty'}",
                 env_cache=cache)
   assert result.returncode == 2
+  assert "not a directory" in result.stderr and "Traceback" not in result.stderr
+  assert len(result.stderr.strip().splitlines()) == 1
+  (tmp_path / "empty").mkdir()
+  result = _run("launch.evaluate", f"--workdir={tmp_path / 'empty'}",
+                env_cache=cache)
+  assert result.returncode == 2
   assert "config.json" in result.stderr and "Traceback" not in result.stderr
   result = _run("launch.train", "--config=configs/tiny.py",
                 f"--workdir={tmp_path / 'w'}", "--config.estimator=bogus",
