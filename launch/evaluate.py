@@ -174,6 +174,7 @@ def _run_sequences(config, params, step, workdir, images_path, out_path,
                    search_margin=None, split="test", best_of=None,
                    both_directions=None, particles=None) -> dict:
   import jax
+  from apdr_jax import explain as frame_readings
   from apdr_jax import (data, run_config, run_evaluation,
                         sequence_evaluation)
   from apdr_jax.errors import ConfigError
@@ -238,10 +239,10 @@ def _run_sequences(config, params, step, workdir, images_path, out_path,
     result.update(metrics)
     sequences = data.to_float(test["images"][:num])
     if explain:
-      table = sequence_evaluation.explain_frames(
+      table = frame_readings.explain_frames(
           mc, params, sequences[:explain],
           {k: test[k][:explain] for k in ("boxes", "presence")})
-      print(sequence_evaluation.format_explained(table))
+      print(frame_readings.format_explained(table))
       result["explained"] = table
   result["pictures"] = run_evaluation.save_sequence_pictures(
       prefix, sequences, decomposed)
