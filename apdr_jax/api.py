@@ -190,7 +190,10 @@ def load(workdir: str) -> Model:
 
   Raises:
     CheckpointError: the workdir does not exist, is not a training workdir,
-      or holds no readable checkpoint. Nothing in it is written.
+      or holds no readable checkpoint. Nothing in it is written, except
+      that a damaged newest checkpoint is moved to `damaged_checkpoints/`
+      (with a warning) and the one before it is loaded (`model.step` says
+      which).
   """
   from apdr_jax import train  # the trainer's state layout, read lazily
   if not os.path.isdir(workdir):
@@ -200,14 +203,15 @@ def load(workdir: str) -> Model:
   try:
     run_config.validate_config(config)
     target = train.create_train_state(config, jax.random.key(0))
-  except (AttributeError, KeyError, TypeError) as e:
+  except (AttributeError, KeyError, TypeError, ConfigError) as e:
     raise CheckpointError(f"{checkpoints.config_path(workdir)} is not an "
                           f"apdr_jax run config ({type(e).__name__}: {e})"
                           ) from e
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints (has "
                           "training saved one yet?)")
-  step, state = checkpoints.restore_latest(checkpoints.manager(workdir), target)
+  step, state = checkpoints.restore_latest(
+      checkpoints.manager(workdir, read_only=True), target)
   if state is None:
     raise CheckpointError(f"no checkpoint under {workdir}/checkpoints (has "
                           "training saved one yet?)")

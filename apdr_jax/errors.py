@@ -16,7 +16,8 @@ class ConfigError(ApdrError, ValueError):
 
 
 class DataError(ApdrError, ValueError):
-    """Input data has the wrong shape, dtype, range or is missing."""
+    """Input data has the wrong shape, dtype, range or is missing, or the data
+    cache cannot be written."""
 
 
 class CheckpointError(ApdrError):

@@ -71,8 +71,9 @@ def init_from_air_workdir(config, state: TrainState, workdir: str):
                       f"--config.model.{min(different)}="
                       f"{different[min(different)][0]}")
   target = create_train_state(air_config, jax.random.key(0))
-  step, restored = checkpoints.restore_latest(checkpoints.manager(workdir),
-                                              target)
+  step, restored = checkpoints.restore_latest(
+      checkpoints.manager(workdir, read_only=True), target,
+      set_aside_damaged=False)  # another run's folder: report, touch nothing
   if restored is None:
     raise CheckpointError(
         f"init_air_from: no checkpoint under {workdir}/checkpoints")

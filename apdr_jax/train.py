@@ -7,6 +7,7 @@ it compiles once (tested with `chex.assert_max_traces`). The host touches the
 device only on logging, evaluation and checkpoint steps.
 """
 
+import os
 import time
 
 import chex
@@ -18,12 +19,14 @@ import optax
 from apdr_jax import air
 from apdr_jax import apdr
 from apdr_jax import checkpoints
+from apdr_jax import faults
 from apdr_jax import input_pipeline
 from apdr_jax import metrics_log
 from apdr_jax import objectives
 from apdr_jax import parallel
 from apdr_jax import run_config
 from apdr_jax import run_evaluation
+from apdr_jax import workdir as workdir_lib
 from apdr_jax.errors import ApdrError
 from apdr_jax.grafting import init_from_air_workdir
 from apdr_jax.optimizer import clip_by_group_norm
@@ -220,6 +223,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
   mesh = parallel.make_mesh(config.num_devices)
   parallel.check_batch_divides(config.batch_size, mesh)
   is_writer = jax.process_index() == 0
+  # One run per workdir: a second one is refused before it reads or writes.
+  with workdir_lib.lock(workdir, enabled=is_writer):
+    return _train_and_evaluate(config, workdir, mesh, is_writer, started)
+
+
+def _train_and_evaluate(config, workdir, mesh, is_writer, started) -> dict:
   train, test = input_pipeline.load_data(config)
   init_key, train_key = jax.random.split(jax.random.key(config.seed))
   mngr = checkpoints.manager(workdir)
@@ -259,7 +268,12 @@ def _initial_state(config, workdir: str, mesh, mngr, init_key) -> TrainState:
   fresh initialisation; replicated over `mesh`."""
   replicated = parallel.replicated(mesh)
   state = jax.device_put(create_train_state(config, init_key), replicated)
-  restored_step, restored = checkpoints.restore_latest(mngr, state)
+  if mngr.all_steps() and os.path.exists(checkpoints.config_path(workdir)):
+    workdir_lib.check_resumable(checkpoints.load_config(workdir), config,
+                                workdir)
+  # Several processes must not move the same folder; one reports instead.
+  restored_step, restored = checkpoints.restore_latest(
+      mngr, state, set_aside_damaged=jax.process_count() == 1)
   if restored is not None:
     print(f"Resumed from {workdir} at step {restored_step}.", flush=True)
     return restored
@@ -295,8 +309,9 @@ def _train_loop(config, workdir, mngr, state, update_step, train_images,
     `(state, compile_time)`: the last state and the first step's seconds
     (None if no step ran).
   """
-  writer = metrics_log.MetricWriter(workdir, enabled=is_writer)
   start_step = int(state.step)
+  writer = metrics_log.MetricWriter(workdir, enabled=is_writer,
+                                    start_step=start_step)
   progress = _progress_bar(config, start_step, is_writer)
   throughput = _Throughput(start_step)
   compile_time = None
@@ -304,6 +319,7 @@ def _train_loop(config, workdir, mngr, state, update_step, train_images,
   try:
     for step in range(start_step + 1, config.num_steps + 1):
       state, metrics = update_step(state, train_images, train_key)
+      faults.kill_point("after_update", step)
       if compile_time is None:
         jax.block_until_ready(state.step)
         compile_time = time.perf_counter() - throughput.time

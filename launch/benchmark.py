@@ -94,8 +94,9 @@ def benchmark_training(config, steps, repeats, params_from=""):
       0, 256, shape + (size, size), dtype=np.uint8)
   state = train.create_train_state(config, jax.random.key(0))
   if params_from:
-    step, state = checkpoints.restore_latest(checkpoints.manager(params_from),
-                                             state)
+    step, state = checkpoints.restore_latest(
+        checkpoints.manager(params_from, read_only=True), state,
+        set_aside_damaged=False)
     if state is None:
       raise SystemExit(f"error: no checkpoint in {params_from}")
     images = input_pipeline.training_images(
@@ -206,8 +207,9 @@ def benchmark_evaluation(config, num_sequences: int, best_of: int,
     from apdr_jax import input_pipeline
     from apdr_jax import train
     _, state = checkpoints.restore_latest(
-        checkpoints.manager(params_from),
-        train.create_train_state(config, jax.random.key(0)))
+        checkpoints.manager(params_from, read_only=True),
+        train.create_train_state(config, jax.random.key(0)),
+        set_aside_damaged=False)
     params = state.params
     test = input_pipeline.load_data(config)[1]["images"][:num_sequences]
     sequences = test.astype(np.float32) / 255.0

@@ -154,7 +154,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path,
   assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state.params))
 
 
-def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+def test_a_corrupt_checkpoint_is_set_aside_or_a_clear_error(tmp_path, capfd):
   config = _config(num_steps=2, checkpoint_every=2)
   workdir = tmp_path / "run"
   train.train_and_evaluate(config, str(workdir))
@@ -162,5 +162,14 @@ def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
     for name in files:
       with open(os.path.join(root, name), "wb") as f:
         f.write(b"garbage")
-  with pytest.raises(checkpoints.CheckpointError, match="corrupt"):
-    _final_params(str(workdir), config)
+  target = train.create_train_state(config, jax.random.key(0))
+  with pytest.raises(checkpoints.CheckpointError, match="is damaged"):
+    checkpoints.restore_latest(checkpoints.manager(str(workdir)), target,
+                               set_aside_damaged=False)
+  assert os.path.isdir(workdir / "checkpoints" / "2")  # left where it was
+  # By default it is moved aside (kept) and, none being left, nothing is
+  # restored: training would start again.
+  assert checkpoints.restore_latest(checkpoints.manager(str(workdir)),
+                                    target) == (None, None)
+  assert "checkpoints/2 is damaged" in capfd.readouterr().err
+  assert len(os.listdir(workdir / "damaged_checkpoints")) == 1
