@@ -31,6 +31,15 @@ from apdr_jax.errors import CheckpointError
 from apdr_jax.errors import ConfigError
 
 
+def _whole(name: str, value, minimum: int) -> int:
+  """`value` as an int >= `minimum`, or a `ConfigError` naming it."""
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+    raise ConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+  if value < minimum:
+    raise ConfigError(f"{name}={value} must be >= {minimum}")
+  return int(value)
+
+
 class Model:
   """A trained AIR or APDR model, restored from a `launch.train` workdir.
 
@@ -100,8 +109,9 @@ class Model:
       seed: the samples' seed.
       batch_size: inputs per batch (memory: `K * batch_size` samples).
     """
-    if num_samples < 1:
-      raise ConfigError(f"num_samples={num_samples} must be >= 1")
+    num_samples = _whole("num_samples", num_samples, 1)
+    batch_size = _whole("batch_size", batch_size, 1)
+    seed = _whole("seed", seed, 0)
     x = self._check(x)
     return (sequence_evaluation.log_marginal if self.is_sequential else
             evaluation.log_marginal)(
@@ -126,8 +136,11 @@ class Model:
       `presence [num, N]`, `boxes [num, N, 4]`; APDR adds a frame axis
       after `num` and `ids`.
     """
-    if num < 1:
-      raise ConfigError(f"num={num} must be >= 1")
+    num, seed = _whole("num", num, 1), _whole("seed", seed, 0)
+    if num_frames is not None:
+      num_frames = _whole("num_frames", num_frames, 1)
+    if not (isinstance(rho, (int, float, np.floating)) and 0.0 <= rho <= 1.0):
+      raise ConfigError(f"rho={rho!r} must be a probability in [0, 1]")
     key = jax.random.key(seed)
     mc = self.model_config
     if not self.is_sequential:
@@ -156,8 +169,8 @@ class Model:
     if not self.is_sequential:
       raise ConfigError("predict applies to APDR models (sequences); this "
                         "workdir holds an AIR model")
-    if num_frames < 1:
-      raise ConfigError(f"num_frames={num_frames} must be >= 1")
+    num_frames, seed = _whole("num_frames", num_frames, 1), _whole(
+        "seed", seed, 0)
     x = self._check(sequences, "sequences")
     out = _predict(self.model_config, self.params, jnp.asarray(x), num_frames,
                    jax.random.key(seed), self.rho, True)

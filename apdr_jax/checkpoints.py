@@ -50,11 +50,18 @@ def manager(workdir: str, max_to_keep: int = 3,
   """The workdir's checkpoint manager; `read_only` creates and deletes
   nothing (evaluation), else a killed writer's temporary folders are
   cleaned up."""
-  options = ocp.CheckpointManagerOptions(
-      max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
-      cleanup_tmp_directories=not read_only)
-  return ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+  absl_logger = logging.getLogger("absl")
+  level = absl_logger.level
+  if read_only:  # Orbax warns that a read-only manager will not save
+    absl_logger.setLevel(logging.ERROR)
+  try:
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, create=not read_only, read_only=read_only,
+        cleanup_tmp_directories=not read_only)
+    return ocp.CheckpointManager(
+        os.path.abspath(os.path.join(workdir, "checkpoints")), options=options)
+  finally:
+    absl_logger.setLevel(level)
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state) -> None:

@@ -6,6 +6,8 @@ dataclasses; the rest are schedules (presence prior, curriculum) and sizes.
 """
 
 import dataclasses
+import math
+import numbers
 
 import jax
 import jax.numpy as jnp
@@ -96,11 +98,142 @@ def num_terms(config) -> int:
   return config.model.num_slots + 1
 
 
+_MISSING = object()
+
+# The fields outside `model` and `apdr` (those two follow `air.AIRConfig` and
+# `apdr.APDRConfig`): path, type and smallest allowed value (None: any; the
+# ranges of most floats are checked in `validate_config`).
+_FIELDS = (
+    ("model_name", str, None), ("seed", int, None), ("num_devices", int, 0),
+    ("data.kind", str, None), ("data.source", str, None),
+    ("data.canvas_size", int, 1), ("data.min_digits", int, 0),
+    ("data.max_digits", int, 0), ("data.num_train_scenes", int, 1),
+    ("data.num_test_scenes", int, 1), ("data.overlap", str, None),
+    ("data.max_iou", float, None), ("data.seed", int, 0),
+    ("data.cache_dir", str, None), ("data.num_frames", int, None),
+    ("data.speed_min", float, None), ("data.speed_max", float, None),
+    ("data.velocity_noise", float, None), ("data.enter_leave", bool, None),
+    ("data.train_enter_leave_fraction", float, None),
+    ("curriculum_start_frames", int, None),
+    ("curriculum_steps_per_frame", int, None),
+    ("curriculum_max_frames", int, None),
+    ("curriculum_max_frames_from", int, None),
+    ("survival_warmup_steps", int, 0), ("init_air_from", str, None),
+    ("rho_start", float, None), ("rho_end", float, None),
+    ("rho_anneal_steps", int, 0), ("estimator", str, None),
+    ("num_samples", int, 1), ("nvil_decay", float, None),
+    ("nvil_normalise", bool, None), ("batch_size", int, 1),
+    ("num_steps", int, 1), ("learning_rate", float, None),
+    ("baseline_learning_rate", float, None), ("lr_schedule", str, None),
+    ("lr_decay_steps", int, 0), ("lr_final_fraction", float, None),
+    ("grad_clip_norm", float, None), ("log_every", int, 1),
+    ("eval_every", int, 1), ("checkpoint_every", int, 1),
+    ("eval_batch_size", int, 1), ("final_iwae_samples", int, 1),
+    ("final_eval_scenes", int, 1), ("search_margin", float, None),
+    ("best_of", int, 0), ("both_directions", bool, None),
+    ("best_of_particles", bool, None), ("progress_bar", bool, None),
+)
+# Read directly (no default) by validation, the model or the trainer.
+_REQUIRED = frozenset((
+    "model_name", "seed", "num_devices", "data.canvas_size", "estimator",
+    "num_samples", "batch_size", "num_steps", "learning_rate",
+    "baseline_learning_rate", "grad_clip_norm", "log_every", "eval_every",
+    "checkpoint_every", "eval_batch_size", "rho_start", "rho_end",
+    "rho_anneal_steps", "model.num_slots", "model.likelihood_std",
+    "model.presence_init", "model.extract_method", "model.render_method"))
+# Sizes of the networks and latents: at least 1.
+_POSITIVE_SIZES = frozenset((
+    "model.num_slots", "model.glimpse_size", "model.z_what_dim",
+    "model.lstm_size", "model.mlp_size", "apdr.hidden_size",
+    "apdr.relation_size"))
+_TYPE_NAMES = {int: "an integer", float: "a finite number",
+               bool: "True or False", str: "a string"}
+
+
+def _lookup(config, path: str):
+  """The value at a dotted path, or `_MISSING`."""
+  value = config
+  for part in path.split("."):
+    if not isinstance(value, ml_collections.ConfigDict) or part not in value:
+      return _MISSING
+    value = value[part]
+  return value
+
+
+def _show(value) -> str:
+  """A short one-line repr of a config value."""
+  if isinstance(value, ml_collections.ConfigDict):
+    value = value.to_dict()
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _has_type(value, kind) -> bool:
+  if isinstance(value, bool) or kind is bool:
+    return kind is bool and isinstance(value, bool)
+  if kind is int:
+    return isinstance(value, numbers.Integral)
+  if kind is float:
+    return isinstance(value, numbers.Real) and math.isfinite(value)
+  return isinstance(value, kind)
+
+
+def _typed_fields(config):
+  """(path, type, minimum) of each field whose type `validate_config` checks."""
+  fields = list(_FIELDS)
+  sections = [("model", air.AIRConfig, {"canvas_size", "context_dim"})]
+  if config.get("model_name") == "apdr":
+    sections.append(("apdr", apdr.APDRConfig, {"air"}))
+  for section, cls, skip in sections:
+    for field in dataclasses.fields(cls):
+      if field.name in skip or field.type not in _TYPE_NAMES:
+        continue
+      path = f"{section}.{field.name}"
+      fields.append((path, field.type, 1 if path in _POSITIVE_SIZES else None))
+  return fields
+
+
+def _check_types(config) -> None:
+  """`ConfigError` for a missing section or field, or a value of the wrong
+  type (a string where a number belongs, a float for a count, ...) or below
+  its minimum, before any comparison could fail on it."""
+  for section in ("data", "model", "apdr"):
+    value = config.get(section, _MISSING)
+    if value is _MISSING and section != "apdr":
+      raise ConfigError(f"the config has no {section!r} section")
+    if value is not _MISSING and not isinstance(value,
+                                                ml_collections.ConfigDict):
+      raise ConfigError(f"{section}={_show(value)} must be a section of "
+                        "fields (a ConfigDict), as in configs/default.py")
+  for path, kind, minimum in _typed_fields(config):
+    value = _lookup(config, path)
+    if value is _MISSING:
+      if path in _REQUIRED:
+        raise ConfigError(f"the config has no field {path!r} (see "
+                          "configs/default.py)")
+      continue
+    if not _has_type(value, kind):
+      at_least = f" >= {minimum}" if minimum is not None else ""
+      raise ConfigError(f"{path}={_show(value)} ({type(value).__name__}) "
+                        f"must be {_TYPE_NAMES[kind]}{at_least}")
+    if minimum is not None and value < minimum:
+      raise ConfigError(f"{path}={value} must be >= {minimum}")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises `ConfigError` naming the first bad value."""
+  """Raises `ConfigError` naming the first bad value.
+
+  Types first (every field must have its default's type: a count is an
+  integer, a rate a finite number, a flag True or False), then sizes and
+  ranges, then the combinations of settings.
+  """
   def need(ok, message):
     if not ok:
       raise ConfigError(message)
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise ConfigError(f"a run config is an ml_collections.ConfigDict, got "
+                      f"{type(config).__name__}")
+  _check_types(config)
   need(config.model_name in MODELS,
        f"model_name={config.model_name!r}; use one of {MODELS}")
   need(config.data.get("kind", "scenes") in DATA_KINDS,
@@ -133,26 +266,17 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "init_air_from (an AIR workdir) only applies to model_name='apdr'")
   need(config.estimator in ESTIMATORS,
        f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
-  need(config.num_samples >= 1, f"num_samples={config.num_samples} must be >= 1")
   need(config.estimator != "vimco" or config.num_samples >= 2,
        f"estimator='vimco' needs num_samples >= 2, got {config.num_samples}")
-  for key in ("batch_size", "num_steps", "log_every", "eval_every",
-              "checkpoint_every", "eval_batch_size"):
-    need(config[key] >= 1, f"{key}={config[key]} must be >= 1")
   for key in ("learning_rate", "baseline_learning_rate", "grad_clip_norm"):
     need(config[key] > 0, f"{key}={config[key]} must be > 0")
   need(config.get("lr_schedule", "constant") in LR_SCHEDULES,
        f"lr_schedule={config.get('lr_schedule')!r}; use one of {LR_SCHEDULES}")
-  need(config.get("lr_decay_steps", 0) >= 0,
-       f"lr_decay_steps={config.get('lr_decay_steps')} must be >= 0 "
-       "(0 = num_steps)")
   need(0 <= config.get("lr_final_fraction", 0.0) <= 1,
        f"lr_final_fraction={config.get('lr_final_fraction')} must be in [0, 1]")
   need(config.get("search_margin", -1.0) < 0 or is_sequential(config),
        f"search_margin={config.get('search_margin')} applies to "
        "model_name='apdr' only (negative: off)")
-  need(config.get("best_of", 0) >= 0, f"best_of={config.get('best_of')} must "
-       "be >= 0 (0: off)")
   need(config.get("best_of", 0) == 0 or is_sequential(config),
        f"best_of={config.get('best_of')} applies to model_name='apdr' only")
   need(not config.get("both_directions", False) or
@@ -164,9 +288,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "best_of_particles=True needs best_of > 0 (the number of particles)")
   need(0 < config.rho_end <= 1 and 0 < config.rho_start <= 1,
        f"rho_start={config.rho_start} and rho_end={config.rho_end} must be in (0, 1]")
+  need(0 <= config.get("nvil_decay", 0.0) <= 1,
+       f"nvil_decay={config.get('nvil_decay')} must be in [0, 1]")
   m = config.model
-  need(m.num_slots >= 1, f"model.num_slots={m.num_slots} must be >= 1")
   need(m.likelihood_std > 0, f"model.likelihood_std={m.likelihood_std} must be > 0")
+  for key in ("scale_prior_std", "shift_prior_std", "where_scale_init"):
+    need(m.get(key, 1.0) > 0, f"model.{key}={m.get(key)} must be > 0")
   need(0 < m.presence_init < 1,
        f"model.presence_init={m.presence_init} must be in (0, 1)")
   need(m.get("canvas", "sum") in air.CANVAS_RULES,

@@ -253,4 +253,4 @@ def _run_sequences(config, params, step, workdir, images_path, out_path,
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -11,13 +11,11 @@ Multi-host: add --coordinator_address=HOST:PORT --num_processes=P --process_id=I
 from absl import app
 from absl import flags
 from absl import logging
-from ml_collections import config_flags
 
 from launch import common
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/air_multi_mnist.py", "Training config file.",
-    lock_config=True)
+_CONFIG = common.define_config_file(
+    "config", "configs/air_multi_mnist.py", "Training config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, metrics "
                                "and pictures go.", required=True)
 
@@ -35,4 +33,4 @@ def main(argv):
 
 if __name__ == "__main__":
   common.define_distributed_flags()
-  app.run(main)
+  app.run(main, flags_parser=common.parse_flags)

@@ -113,3 +113,20 @@ def test_load_of_a_run_without_checkpoints_writes_nothing(tiny_air_run,
   with pytest.raises(CheckpointError, match="no checkpoint"):
     apdr_jax.load(str(copy))
   assert _listing(copy) == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda m, x: m.log_marginal(x, num_samples=0),
+    lambda m, x: m.log_marginal(x, num_samples=2.5),
+    lambda m, x: m.log_marginal(x, batch_size=0),
+    lambda m, x: m.sample(0),
+    lambda m, x: m.sample("3"),
+    lambda m, x: m.sample(2, rho=2.0),
+    lambda m, x: m.sample(2, rho=float("nan")),
+    lambda m, x: m.sample(2, seed=-1),
+])
+def test_bad_arguments_are_config_errors(tiny_air_run, call):
+  model = apdr_jax.load(tiny_air_run[0])
+  images, _ = _held_out(model, 2)
+  with pytest.raises(ConfigError):
+    call(model, images)

@@ -270,3 +270,27 @@ def test_a_full_disk_while_checkpointing_keeps_the_last_good_one(tmp_path):
   assert _train(_command("tiny", full, "--config.num_steps=4")) == 0
   assert not [f for f in os.listdir(full / "checkpoints") if "tmp" in f]
   _assert_same_run(str(straight), str(full))
+
+
+@pytest.mark.skipif(not os.environ.get("APDR_FAULT_SOAK"),
+                    reason="a long soak: APDR_FAULT_SOAK=<kills> to run it")
+def test_soak_random_kills(tmp_path):
+  """`APDR_FAULT_SOAK=25 pytest -s tests/test_faults.py -k soak`: a 20k-step
+  AIR run SIGKILLed that many times, each at a random moment of a run's
+  length (start-up, steps, checkpoint and metrics writes, evaluation),
+  restarted after each."""
+  kills = int(os.environ["APDR_FAULT_SOAK"])
+  overrides = ["--config.num_steps=20000", "--config.checkpoint_every=500",
+               "--config.log_every=100", "--config.eval_every=5000"]
+  straight, killed = tmp_path / "straight", tmp_path / "killed"
+  start = time.time()
+  assert _train(_command("tiny", straight, *overrides)) == 0
+  length = time.time() - start
+  rng = random.Random(0)
+  codes = [_train(_command("tiny", killed, *overrides),
+                  kill_after_s=rng.uniform(1.0, length)) for _ in range(kills)]
+  while _train(_command("tiny", killed, *overrides)) != 0:
+    pass
+  print(f"\nsoak: a run takes {length:.0f} s; {codes.count(-signal.SIGKILL)} "
+        f"of {kills} runs killed, {codes.count(0)} finished first")
+  _assert_same_run(str(straight), str(killed))
