@@ -185,7 +185,8 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
           context: jax.Array | None = None,
           max_steps: jax.Array | None = None,
           first_state: networks.LSTMState | None = None,
-          deterministic: bool = False) -> Slots:
+          deterministic: bool = False,
+          detach_samples: bool = False) -> Slots:
   """Samples the slots from q(z, n | x) with a masked scan over `N` steps.
 
   Args:
@@ -205,6 +206,9 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
       `first_lstm_state`, to share it across samples; computed here when None.
     deterministic: take the posterior modes (presence if prob > 0.5, Gaussian
       means) instead of sampling; for evaluation.
+    detach_samples: the samples carry no gradient (no reparameterised path):
+      `log_q_z` is then log q at fixed samples, whose gradient is the
+      wake-phase update of reweighted wake-sleep.
 
   Returns:
     `Slots`, each field `[batch, N, ...]`.
@@ -229,12 +233,14 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     presence, z_where = sample_presence_and_where(
         presence_key, where_key, prob, where_loc, where_scale, active,
         deterministic)
+    z_where = jax.lax.stop_gradient(z_where) if detach_samples else z_where
     patch = glimpse.extract(images, z_where, config.glimpse_size,
                             config.extract_method)
     what_loc, what_scale = _call(config, params, AIRNetworks.encode,
                                  patch.reshape(batch, -1))
     z_what = what_loc if deterministic else dist.normal_sample(
         what_key, what_loc, what_scale)
+    z_what = jax.lax.stop_gradient(z_what) if detach_samples else z_what
     log_q_z = presence * (
         dist.normal_log_prob(z_where, where_loc, where_scale).sum(-1) +
         dist.normal_log_prob(z_what, what_loc, what_scale).sum(-1))
@@ -369,6 +375,8 @@ class LogWeightTerms(NamedTuple):
     kl: `[batch]`, `log q - log p` summed over slots (a one-sample KL estimate).
     slots: the sampled `Slots`.
     canvas: `[batch, H, W]`, the reconstruction: `composite` of the drawings.
+    log_q: `[batch]`, `log q(z, n | x)` of the sample, every decision and
+      latent.
   """
   terms: jax.Array
   score_log_q: jax.Array
@@ -377,13 +385,15 @@ class LogWeightTerms(NamedTuple):
   kl: jax.Array
   slots: Slots
   canvas: jax.Array
+  log_q: jax.Array
 
 
 def log_weight_terms(config: AIRConfig, params, images: jax.Array,
                      rng: jax.Array, rho: jax.Array, *,
                      image_gates: jax.Array | None = None,
                      first_state: networks.LSTMState | None = None,
-                     deterministic: bool = False) -> LogWeightTerms:
+                     deterministic: bool = False,
+                     detach_samples: bool = False) -> LogWeightTerms:
   """Samples q once per image and returns its log-weight, term by term.
 
   Args:
@@ -395,12 +405,14 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
     image_gates: optional shared `[batch, 4*lstm]` (see `infer`).
     first_state: optional shared first LSTM state (see `infer`).
     deterministic: use posterior modes (evaluation only).
+    detach_samples: samples without gradient (see `infer`; RWS).
 
   Returns:
     `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`.
   """
   slots = infer(config, params, images, rng, image_gates=image_gates,
-                first_state=first_state, deterministic=deterministic)
+                first_state=first_state, deterministic=deterministic,
+                detach_samples=detach_samples)
   log_p_presence, log_p_z = prior_log_probs(config, slots, rho)
   canvas = composite(config, render_slots(config, params, slots))
   log_lik = log_likelihood(config, images, canvas)
@@ -410,7 +422,8 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   baseline = jnp.pad(baseline_values(config, params, slots.hidden),
                      ((0, 0), (0, 1)))
   return LogWeightTerms(terms, score_log_q, baseline, log_lik,
-                        slot_kl.sum(-1), slots, canvas)
+                        slot_kl.sum(-1), slots, canvas,
+                        (slots.log_q_presence + slots.log_q_z).sum(-1))
 
 
 def baseline_values(config: AIRConfig, params, hidden: jax.Array) -> jax.Array:

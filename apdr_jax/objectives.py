@@ -159,6 +159,36 @@ def vimco(terms: jax.Array, score_log_q: jax.Array,
   return Surrogate(loss, bound.mean(), log_weight.mean(), jnp.zeros(()), state)
 
 
+def rws(terms: jax.Array, log_q: jax.Array, state: NVILState) -> Surrogate:
+  """Reweighted wake-sleep (Bornschein & Bengio, 2015), wake phases only.
+
+  With `w_k = terms[k].sum()` and self-normalised weights
+  `v_k = softmax_k(w)` (no gradient), the model's gradient is
+  `sum_k v_k grad log p(x, z_k)`, the IWAE bound's, and q's is the wake-phase
+  `sum_k v_k grad log q(z_k | x)`: an estimate of minus the gradient of the
+  inclusive `KL(p(z | x) || q(z | x))`, biased at finite `K` and consistent
+  as `K` grows. q is trained toward the importance-weighted posterior, not
+  on the bound; the discrete decisions need no score function. The samples
+  must carry no gradient (`detach_samples=True` in the model), so that
+  `grad log q` is taken at fixed samples; the model's and q's parameters
+  must be disjoint (they are in AIR and APDR).
+
+  Args:
+    terms: `[K, B, S]`, the log-weights term by term.
+    log_q: `[K, B]`, `log q(z_k | x)` with gradient to q's parameters.
+    state: passed through unchanged.
+
+  Returns:
+    `Surrogate`; `bound` is the IWAE bound.
+  """
+  log_weight = terms.sum(-1)  # [K, B]
+  weights = jax.nn.softmax(sg(log_weight), axis=0)
+  # d/dtheta (w + log q) = d log p; d/dphi (w + 2 log q) = d log q.
+  loss = -jnp.mean(jnp.sum(weights * (log_weight + 2.0 * log_q), 0))
+  return Surrogate(loss, log_mean_exp(log_weight, 0).mean(), log_weight.mean(),
+                   jnp.zeros(()), state)
+
+
 def iwae_bound(log_weights: jax.Array) -> jax.Array:
   """`log (1/K) sum_k exp(w_k)` over axis 0: `[K, ...] -> [...]`."""
   return log_mean_exp(log_weights, 0)

@@ -17,7 +17,7 @@ from apdr_jax import air
 from apdr_jax import apdr
 from apdr_jax.errors import ConfigError
 
-ESTIMATORS = ("nvil", "vimco")
+ESTIMATORS = ("nvil", "vimco", "rws")
 MODELS = ("air", "apdr")
 DATA_KINDS = ("scenes", "sequences")
 LR_SCHEDULES = ("constant", "cosine")
@@ -266,8 +266,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "init_air_from (an AIR workdir) only applies to model_name='apdr'")
   need(config.estimator in ESTIMATORS,
        f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
-  need(config.estimator != "vimco" or config.num_samples >= 2,
-       f"estimator='vimco' needs num_samples >= 2, got {config.num_samples}")
+  need(config.estimator not in ("vimco", "rws") or config.num_samples >= 2,
+       f"estimator={config.estimator!r} needs num_samples >= 2, got "
+       f"{config.num_samples}")
   for key in ("learning_rate", "baseline_learning_rate", "grad_clip_norm"):
     need(config[key] > 0, f"{key}={config[key]} must be > 0")
   need(config.get("lr_schedule", "constant") in LR_SCHEDULES,

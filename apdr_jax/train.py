@@ -73,7 +73,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
       (k * batch,) + x.shape[1:])
   out = air.log_weight_terms(mc, params, tile(images), rng, rho,
                              image_gates=tile(gates),
-                             first_state=jax.tree.map(tile, first_state))
+                             first_state=jax.tree.map(tile, first_state),
+                             detach_samples=config.estimator == "rws")
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
   surrogate = _surrogate(config, out, nvil_state)
   metrics = dict(
@@ -88,6 +89,8 @@ def _surrogate(config, out, nvil_state) -> objectives.Surrogate:
   """The configured estimator on `out.terms [K, B, S]` (and its kin)."""
   if config.estimator == "vimco":
     return objectives.vimco(out.terms, out.score_log_q, nvil_state)
+  if config.estimator == "rws":
+    return objectives.rws(out.terms, out.log_q, nvil_state)
   return objectives.nvil(out.terms, out.score_log_q, out.baseline,
                          nvil_state, config.nvil_decay, config.nvil_normalise)
 
@@ -107,7 +110,8 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
     num_frames = jnp.asarray(total, jnp.int32)
   out = apdr.sample_log_weight_terms(mc, params, sequences, rng, rho, k,
                                     min_survival=min_survival,
-                                    num_frames=num_frames, remat=True)
+                                    num_frames=num_frames, remat=True,
+                                    detach_samples=config.estimator == "rws")
   # Means over the frames read (the skipped ones are zeros).
   frame_mean = lambda x: x.sum() / (k * batch * num_frames)
   with jax.named_scope("objective"):

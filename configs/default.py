@@ -111,7 +111,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.rho_end = 1e-5
   config.rho_anneal_steps = 20_000
 
-  config.estimator = "nvil"  # 'nvil' (K = num_samples may be 1) or 'vimco'
+  # 'nvil' (K = num_samples may be 1), 'vimco' or 'rws' (reweighted
+  # wake-sleep: q on the inclusive KL; both need K >= 2).
+  config.estimator = "nvil"
   config.num_samples = 1
   config.nvil_decay = 0.9
   config.nvil_normalise = True  # divide the NVIL signal by its running std

@@ -1108,3 +1108,44 @@ def test_both_directions_keeps_the_reading_of_higher_log_weight():
       sequence_evaluation.decompose(
           TINY, params, sequences, both_directions=True,
           **{**kwargs, **bad})
+
+
+# The model's networks (p) and q's, by parameter name: RWS trains each on
+# its own objective, so under `detach_samples` log q must not reach p's.
+_MODEL_NETWORKS = ("prior_rnn", "prior_survival", "prior_where",
+                   "prior_what", "decoder")
+
+
+@pytest.mark.parametrize("inputs", ["image", "residual"])
+def test_rws_log_q_reaches_only_q_networks(inputs):
+  """With `detach_samples`, grad log q is zero on every parameter of the
+  model (prior and decoder), also where q reads the model's drawings (the
+  residual inputs) or its predictions (the prior's anchor), and nonzero on
+  q's; without it, log q does reach the model through those inputs."""
+  config = dataclasses.replace(TINY, propagation_input=inputs,
+                               discovery_input=inputs,
+                               propagation_glimpse="prior")
+  params = apdr.init_params(config, jax.random.key(0))
+  # Discovery finds objects in frame 0, so that later frames propagate them.
+  params["air"]["presence_head"]["bias"] = jnp.full_like(
+      params["air"]["presence_head"]["bias"], 5.0)
+  images = _sequences(2, 3)
+
+  def log_q(p, detach):
+    return apdr.log_weight_terms(config, p, images, jax.random.key(3),
+                                 jnp.asarray(0.5),
+                                 detach_samples=detach).log_q.sum()
+
+  def by_part(grads):
+    flat = jax.tree_util.tree_flatten_with_path(grads)[0]
+    size = lambda leaves: sum(float(jnp.abs(g).sum()) for g in leaves)
+    model = [g for path, g in flat if any(
+        getattr(k, "key", None) in _MODEL_NETWORKS for k in path)]
+    q = [g for path, g in flat if not any(
+        getattr(k, "key", None) in _MODEL_NETWORKS for k in path)]
+    return size(model), size(q)
+
+  model, q = by_part(jax.grad(log_q)(params, True))
+  assert model == 0.0 and q > 0.0
+  model, _ = by_part(jax.grad(log_q)(params, False))
+  assert model > 0.0  # the samples and q's inputs carry the model's gradient

@@ -179,10 +179,11 @@ def test_steps_change_params_and_compile_once_per_stage():
   assert any(jax.tree.leaves(changed["air"]["rnn"]))
 
 
-def test_one_compile_serves_every_curriculum_stage():
+@pytest.mark.parametrize("estimator", ["vimco", "rws"])
+def test_one_compile_serves_every_curriculum_stage(estimator):
   """The stage is a value of the step counter: three stages, one trace."""
   chex.clear_trace_counter()
-  config = _config(estimator="vimco", num_samples=2)
+  config = _config(estimator=estimator, num_samples=2)
   config.curriculum_start_frames = 1
   config.curriculum_steps_per_frame = 1
   mesh = parallel.make_mesh(1)

@@ -31,7 +31,8 @@ def _train_images(config, num=32):
                             ).astype(jnp.uint8)
 
 
-@pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("vimco", 3)])
+@pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("vimco", 3),
+                                                  ("rws", 3)])
 def test_steps_change_params_and_never_retrace(estimator, num_samples):
   chex.clear_trace_counter()  # counters are per function body, across tests
   config = _config(estimator=estimator, num_samples=num_samples)

@@ -75,6 +75,8 @@ class FrameOutputs(NamedTuple):
     log_joint: `[batch]`, `log p(x_t, z_t | z_{<t})`: the likelihood and
       every prior term of the frame, without q (what `search_modes`
       maximises).
+    log_q: `[batch]`, `log q(z_t | x_t, past)` of every decision and latent
+      of the frame.
   """
   terms: jax.Array
   score_log_q: jax.Array
@@ -90,13 +92,15 @@ class FrameOutputs(NamedTuple):
   q_survival: jax.Array
   prior_survival: jax.Array
   log_joint: jax.Array
+  log_q: jax.Array
 
 
 def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                image_gates: jax.Array, rng: jax.Array, rho: jax.Array,
                deterministic: bool = False, with_canvas: bool = False,
                min_survival: jax.Array | float = 0.0,
-               keep: jax.Array | None = None):
+               keep: jax.Array | None = None,
+               detach_samples: bool = False):
   """One frame: propagate, discover, render, score, compact (Algorithm 1).
 
   Args:
@@ -113,6 +117,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
     min_survival: floor on q's survival probability (see `propagate`).
     keep: optional `[batch, N]`, objects forced to be forgotten where 0 (see
       `propagate`).
+    detach_samples: samples without gradient (`air.infer`; RWS).
 
   Returns:
     `(new Carry, FrameOutputs)`.
@@ -126,7 +131,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                      prev.z_what, prev.presence, carry.temporal)
   with jax.named_scope("propagation"):
     prop = propagate(config, params, image, carry, temporal, prop_key,
-                     deterministic, min_survival, keep)
+                     deterministic, min_survival, keep, detach_samples)
   num_propagated = prop.presence.sum(-1)
   max_steps = config.num_slots - num_propagated.astype(jnp.int32)
   render = lambda z_what, z_where, presence: glimpse.render_sum(
@@ -137,13 +142,17 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                    render(prop.z_what, prop.z_where, prop.presence))
   with jax.named_scope("discovery"):
     if config.discovery_input == "residual":
-      seen = residual(image, prop_canvas, config.residual_gain)
+      # Under RWS the decoder's drawing is a constant to q (see propagate).
+      drawn = (jax.lax.stop_gradient(prop_canvas) if detach_samples
+               else prop_canvas)
+      seen = residual(image, drawn, config.residual_gain)
       image_gates = air.image_gates(a, params["air"], seen)
     else:
       seen = image
     disc = air.infer(a, params["air"], seen, disc_key, image_gates=image_gates,
                      context=prop.relation.hidden, max_steps=max_steps,
-                     deterministic=deterministic)
+                     deterministic=deterministic,
+                     detach_samples=detach_samples)
     disc_log_p_presence, disc_log_p_z = air.prior_log_probs(a, disc, rho)
   with jax.named_scope("likelihood"):
     # Every present object of both phases (absent slots weigh 0).
@@ -171,5 +180,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
       objects.ids, num_propagated, num_discovered,
       canvas if with_canvas else None, prop.q_survival, prop.prior_survival,
       log_lik + (prop.log_p_presence + prop.log_p_z + disc_log_p_presence +
-                 disc_log_p_z).sum(-1))
+                 disc_log_p_z).sum(-1),
+      (prop.log_q_presence + prop.log_q_z + disc.log_q_presence +
+       disc.log_q_z).sum(-1))
   return new_carry, outputs

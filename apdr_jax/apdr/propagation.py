@@ -75,8 +75,8 @@ class _ObjectInputs(NamedTuple):
 
 def _propagate_object(config: APDRConfig, params, image: jax.Array,
                       temporal: networks.LSTMState, deterministic: bool,
-                      min_survival: jax.Array | float, scan_carry,
-                      inputs: _ObjectInputs):
+                      min_survival: jax.Array | float, detach_samples: bool,
+                      scan_carry, inputs: _ObjectInputs):
   """q's step for one previous object: survival, then new latents.
 
   `scan_carry` is the relation RNN's state and the canvas the objects before
@@ -93,7 +93,9 @@ def _propagate_object(config: APDRConfig, params, image: jax.Array,
   # With "residual", object i looks at the frame minus what objects < i
   # drew (as discovery does), so a duplicate of an earlier object sees
   # the ink already explained away.
-  seen = (residual(image, canvas, config.residual_gain) if explain_away
+  # Under RWS q's inputs drawn by the model's decoder are constants to q.
+  drawn = jax.lax.stop_gradient(canvas) if detach_samples else canvas
+  seen = (residual(image, drawn, config.residual_gain) if explain_away
           else image)
   if explain_away:
     feat = net(APDRNetworks.glimpse_features, glimpse.extract(
@@ -108,11 +110,13 @@ def _propagate_object(config: APDRConfig, params, image: jax.Array,
       presence_key, where_key, prob, where_loc, where_scale, active,
       deterministic)
   presence = presence * inputs.keep
+  z_where = jax.lax.stop_gradient(z_where) if detach_samples else z_where
   patch = glimpse.extract(seen, z_where, a.glimpse_size, a.extract_method)
   what_loc, what_scale = net(APDRNetworks.prop_encode,
                              patch.reshape(batch, -1), hidden, what_prev)
   z_what = what_loc if deterministic else dist.normal_sample(
       what_key, what_loc, what_scale)
+  z_what = jax.lax.stop_gradient(z_what) if detach_samples else z_what
   log_q_z = presence * (
       dist.normal_log_prob(z_where, where_loc, where_scale).sum(-1) +
       dist.normal_log_prob(z_what, what_loc, what_scale).sum(-1))
@@ -148,7 +152,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
               temporal: networks.LSTMState, rng: jax.Array,
               deterministic: bool = False,
               min_survival: jax.Array | float = 0.0,
-              keep: jax.Array | None = None) -> Propagated:
+              keep: jax.Array | None = None,
+              detach_samples: bool = False) -> Propagated:
   """Samples q^P(z^P_t, k_t | x_t, z_{t-1}, h^q_t) and scores it under p^P.
 
   Args:
@@ -166,6 +171,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
       whatever q decides (`search_modes` proposes such structures; the
       decisions are then not q's samples and `log_q_presence` is not their
       probability).
+    detach_samples: samples without gradient (`air.infer`; RWS).
 
   Returns:
     `Propagated`.
@@ -177,6 +183,13 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     prior_state, survival, (p_where_loc, p_where_scale), (
         p_what_loc, p_what_scale) = _prior(config, params, prev)
   anchor = _anchor(config, params, image, prev, p_where_loc)
+  q_prior_hidden = prior_state.hidden
+  if detach_samples:
+    # RWS: what q reads from the model's networks (the prior's prediction,
+    # its RNN state) is a constant to q, so that grad log q reaches q's
+    # parameters only (`objectives.rws`).
+    anchor = jax.lax.stop_gradient(anchor)
+    q_prior_hidden = jax.lax.stop_gradient(q_prior_hidden)
   explain_away = config.propagation_input == "residual"
   if explain_away:
     features = jnp.zeros((batch, n, 0))  # computed inside the scan
@@ -189,7 +202,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     features = call(config, params, APDRNetworks.glimpse_features,
                     patches.reshape(batch * n, -1)).reshape(batch, n, -1)
   step = functools.partial(_propagate_object, config, params, image, temporal,
-                           deterministic, min_survival)
+                           deterministic, min_survival, detach_samples)
   swap = lambda x: jnp.swapaxes(x, 0, 1)
   relation0 = call(config, params, APDRNetworks.relation_initial, batch)
   keep = jnp.ones_like(prev.presence) if keep is None else keep
@@ -197,7 +210,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     (relation, canvas), outputs = jax.lax.scan(
         step, (relation0, jnp.zeros_like(image)),
         _ObjectInputs(swap(features), swap(anchor), swap(prev.z_what),
-                      swap(prior_state.hidden), swap(prev.presence),
+                      swap(q_prior_hidden), swap(prev.presence),
                       swap(keep), jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline, q_survival = (
       swap(x) for x in outputs)

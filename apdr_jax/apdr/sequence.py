@@ -24,6 +24,7 @@ class SequenceTerms(NamedTuple):
     log_likelihood: `[batch]`, summed over frames.
     kl: `[batch]`, summed over frames.
     frames: `FrameOutputs` with fields `[batch, T, ...]`.
+    log_q: `[batch]`, `log q` of the whole sample, summed over frames.
   """
   terms: jax.Array
   score_log_q: jax.Array
@@ -31,6 +32,7 @@ class SequenceTerms(NamedTuple):
   log_likelihood: jax.Array
   kl: jax.Array
   frames: FrameOutputs
+  log_q: jax.Array
 
 
 def image_gates(config: APDRConfig, params, images: jax.Array) -> jax.Array:
@@ -54,7 +56,8 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
                      with_canvas: bool = False,
                      min_survival: jax.Array | float = 0.0,
                      num_frames: jax.Array | None = None,
-                     remat: bool = False) -> SequenceTerms:
+                     remat: bool = False,
+                     detach_samples: bool = False) -> SequenceTerms:
   """Samples q over a sequence once per input and returns its log-weight.
 
   Args:
@@ -81,6 +84,7 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
       recomputation cost less than writing and reading the stored
       intermediates, and a skipped frame then stores nothing
       (docs/apdr_speed.md).
+    detach_samples: samples without gradient (`air.infer`; RWS).
 
   Returns:
     `SequenceTerms`.
@@ -93,7 +97,8 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
     image, gate, index = inputs
     return frame_step(config, params, carry, image, gate,
                       jax.random.fold_in(rng, index), rho, deterministic,
-                      with_canvas, min_survival)
+                      with_canvas, min_survival,
+                      detach_samples=detach_samples)
 
   if remat:
     step = jax.checkpoint(
@@ -118,7 +123,7 @@ def log_weight_terms(config: APDRConfig, params, images: jax.Array,
   flat = lambda x: x.reshape(batch, -1)
   return SequenceTerms(flat(frames.terms), flat(frames.score_log_q),
                        flat(frames.baseline), frames.log_likelihood.sum(-1),
-                       frames.kl.sum(-1), frames)
+                       frames.kl.sum(-1), frames, frames.log_q.sum(-1))
 
 
 def sample_log_weight_terms(config: APDRConfig, params, images: jax.Array,
