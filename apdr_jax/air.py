@@ -238,12 +238,9 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
                             config.extract_method)
     what_loc, what_scale = _call(config, params, AIRNetworks.encode,
                                  patch.reshape(batch, -1))
-    z_what = what_loc if deterministic else dist.normal_sample(
-        what_key, what_loc, what_scale)
-    z_what = jax.lax.stop_gradient(z_what) if detach_samples else z_what
-    log_q_z = presence * (
-        dist.normal_log_prob(z_where, where_loc, where_scale).sum(-1) +
-        dist.normal_log_prob(z_what, what_loc, what_scale).sum(-1))
+    z_what, log_q_z = sample_what(
+        what_key, (what_loc, what_scale), z_where, (where_loc, where_scale),
+        presence, deterministic, detach_samples)
     log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
     latents = jnp.concatenate([z_where, z_what, presence[:, None]], -1)
     outputs = (z_where, z_what, presence, active, prob, log_q_presence,
@@ -280,6 +277,32 @@ def sample_presence_and_where(presence_key, where_key, prob, where_loc,
     return (prob > 0.5).astype(prob.dtype) * active, where_loc
   return (dist.bernoulli_sample(presence_key, prob) * active,
           dist.normal_sample(where_key, where_loc, where_scale))
+
+
+def sample_what(what_key, what_dist, z_where, where_dist, presence,
+                deterministic: bool, detach_samples: bool):
+  """`z_what` (sampled, or the mean; without gradient under `detach_samples`)
+  and log q of the object's continuous latents, 0 where absent; shared with
+  APDR's propagation.
+
+  Args:
+    what_key: a key.
+    what_dist: `(loc, scale)` of `z_what`, `[batch, D]` each.
+    z_where: `[batch, 3]`, the object's sampled location.
+    where_dist: `(loc, scale)` it was drawn from.
+    presence: `[batch]` in {0, 1}.
+    deterministic: the mean instead of a sample.
+    detach_samples: see `infer`.
+
+  Returns:
+    `(z_what [batch, D], log_q_z [batch])`.
+  """
+  z_what = what_dist[0] if deterministic else dist.normal_sample(
+      what_key, *what_dist)
+  z_what = jax.lax.stop_gradient(z_what) if detach_samples else z_what
+  log_q_z = presence * (dist.normal_log_prob(z_where, *where_dist).sum(-1) +
+                        dist.normal_log_prob(z_what, *what_dist).sum(-1))
+  return z_what, log_q_z
 
 
 def first_lstm_state(config: AIRConfig, params, image_gates: jax.Array,

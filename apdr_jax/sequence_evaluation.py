@@ -280,13 +280,20 @@ def log_marginal(model_config, params, sequences: np.ndarray, rng: jax.Array,
         sequences.reshape((num * frames,) + sequences.shape[2:]), rng, rho,
         num_samples, batch_size * frames)
     return per_frame.reshape(num, frames).sum(-1)
-  values = []
-  for index, start in enumerate(range(0, num, batch_size)):
-    chunk = jnp.asarray(sequences[start:start + batch_size])
-    values.append(np.asarray(_apdr_iwae(
-        model_config, params, chunk, jax.random.fold_in(rng, index),
-        num_samples, jnp.asarray(rho, jnp.float32))))
-  return np.concatenate(values)
+  rho = jnp.asarray(rho, jnp.float32)
+  return np.concatenate([np.asarray(iwae) for iwae in _by_chunk(
+      lambda chunk, key: _apdr_iwae(model_config, params, chunk, key,
+                                    num_samples, rho),
+      sequences, rng, batch_size)])
+
+
+def _by_chunk(fn, sequences: np.ndarray, rng: jax.Array, batch_size: int):
+  """`fn(chunk, key)` on `batch_size` sequences at a time, key `fold_in(rng,
+  index)` per chunk; the list of its outputs."""
+  return [fn(jnp.asarray(sequences[start:start + batch_size]),
+             jax.random.fold_in(rng, index))
+          for index, start in enumerate(range(0, len(sequences),
+                                               batch_size))]
 
 
 def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
@@ -319,11 +326,11 @@ def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
     result = {k: v * frames for k, v in per_frame.items()}
     return dict(result, fivo=result["iwae"])
   sums = np.zeros(5)
-  for index, start in enumerate(range(0, num, batch_size)):
-    chunk = jnp.asarray(sequences[start:start + batch_size])
-    values = _apdr_bounds(model_config, params, chunk,
-                          jax.random.fold_in(rng, index), num_samples,
-                          jnp.asarray(rho, jnp.float32))
+  rho = jnp.asarray(rho, jnp.float32)
+  for values in _by_chunk(
+      lambda chunk, key: _apdr_bounds(model_config, params, chunk, key,
+                                      num_samples, rho),
+      sequences, rng, batch_size):
     sums += np.array([float(v.sum()) for v in values])
   iwae, elbo, log_lik, kl, fivo = sums / num
   return dict(iwae=iwae, elbo=elbo, log_likelihood=log_lik, kl=kl, fivo=fivo)

@@ -149,7 +149,17 @@ def test_check_images_names_every_problem(array, sequences):
       user_images.check_images(array, CANVAS, name="mine",
                                sequences=sequences)
     _check_message(caught.value, "mine: ")
-  np.testing.assert_array_equal(array, before)  # the input is not changed
+  _assert_unchanged(array, before)
+
+
+def _assert_unchanged(array: np.ndarray, before: np.ndarray):
+  """The input is not changed. An object array holds the same objects (a NaN
+  object is not equal to itself, so `==` cannot tell)."""
+  assert array.dtype == before.dtype and array.shape == before.shape
+  if array.dtype == object:
+    assert all(a is b for a, b in zip(array.ravel(), before.ravel()))
+  else:
+    np.testing.assert_array_equal(array, before)
 
 
 @pytest.mark.parametrize("value,match", [

@@ -114,12 +114,9 @@ def _propagate_object(config: APDRConfig, params, image: jax.Array,
   patch = glimpse.extract(seen, z_where, a.glimpse_size, a.extract_method)
   what_loc, what_scale = net(APDRNetworks.prop_encode,
                              patch.reshape(batch, -1), hidden, what_prev)
-  z_what = what_loc if deterministic else dist.normal_sample(
-      what_key, what_loc, what_scale)
-  z_what = jax.lax.stop_gradient(z_what) if detach_samples else z_what
-  log_q_z = presence * (
-      dist.normal_log_prob(z_where, where_loc, where_scale).sum(-1) +
-      dist.normal_log_prob(z_what, what_loc, what_scale).sum(-1))
+  z_what, log_q_z = air.sample_what(
+      what_key, (what_loc, what_scale), z_where, (where_loc, where_scale),
+      presence, deterministic, detach_samples)
   log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
   new_relation = net(APDRNetworks.relation_step, z_where, z_what, presence,
                      relation)
