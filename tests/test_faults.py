@@ -32,8 +32,16 @@ def _command(config_name, workdir, *overrides):
           *overrides]
 
 
+# Runs killed here must not share the session's compilation cache: JAX
+# writes a cache entry in place, and a kill mid-write would leave a torn
+# entry for every later test to read.
+_XLA_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"),
+                          f"apdr_jax_fault_tests_xla_cache_{os.getpid()}")
+
+
 def _env(kill_at=None):
-  env = dict(os.environ, XLA_FLAGS="", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+  env = dict(os.environ, XLA_FLAGS="", JAX_DISABLE_MOST_OPTIMIZATIONS="true",
+             JAX_COMPILATION_CACHE_DIR=_XLA_CACHE)
   env.pop("APDR_JAX_KILL_AT", None)
   if kill_at:
     env["APDR_JAX_KILL_AT"] = kill_at
