@@ -181,11 +181,13 @@ class Model:
     return glimpse.box_corners(z_where, self.canvas_size, self.canvas_size)
 
 
+_jit_predict = jax.jit(apdr.predict, static_argnums=(0, 3, 6))
+
+
 def _predict(model_config, params, images, num_future, rng, rho,
              deterministic):
-  return jax.jit(apdr.predict, static_argnums=(0, 3, 6))(
-      model_config, params, images, num_future, rng,
-      jnp.asarray(rho, jnp.float32), deterministic)
+  return _jit_predict(model_config, params, images, num_future, rng,
+                      jnp.asarray(rho, jnp.float32), deterministic)
 
 
 def _numpy(tree: dict) -> dict:

@@ -193,10 +193,10 @@ def restore_latest(mngr: ocp.CheckpointManager, target,
   for step in sorted(mngr.all_steps(), reverse=True):
     step_dir = os.path.join(str(mngr.directory), str(step))
     on_disk = _shapes_on_disk(step_dir)
-    if on_disk is not None and _mismatch(abstract, on_disk):
+    mismatch = _mismatch(abstract, on_disk) if on_disk is not None else ""
+    if mismatch:
       raise CheckpointError(
-          f"checkpoint {step_dir} does not match this config "
-          f"({_mismatch(abstract, on_disk)})")
+          f"checkpoint {step_dir} does not match this config ({mismatch})")
     try:
       return step, mngr.restore(step, args=ocp.args.StandardRestore(abstract))
     except Exception as e:  # Orbax raises many types; name the file instead.

@@ -13,7 +13,12 @@ import signal
 ENV_VAR = "APDR_JAX_KILL_AT"
 
 
+def armed(point: str, step: int) -> bool:
+  """Whether `APDR_JAX_KILL_AT` names `point:step`."""
+  return os.environ.get(ENV_VAR) == f"{point}:{step}"
+
+
 def kill_point(point: str, step: int) -> None:
   """SIGKILLs this process if `APDR_JAX_KILL_AT` names `point:step`."""
-  if os.environ.get(ENV_VAR) == f"{point}:{step}":
+  if armed(point, step):
     os.kill(os.getpid(), signal.SIGKILL)
