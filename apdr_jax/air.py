@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from apdr_jax import distributions as dist
 from apdr_jax import glimpse
 from apdr_jax import networks
+from apdr_jax import relaxed
 
 
 CANVAS_RULES = ("sum", "clip")
@@ -159,13 +160,19 @@ class Slots(NamedTuple):
   Attributes:
     z_where: `[batch, N, 3]` as `(s, x, y)`.
     z_what: `[batch, N, D]`.
-    presence: `[batch, N]` in {0, 1}; 0 after the first 0.
+    presence: `[batch, N]` in {0, 1}; 0 after the first 0. Relaxed (a
+      `temperature` given to `infer`): in [0, 1], the product of the relaxed
+      presence bits so far, non-increasing over slots.
     active: `[batch, N]`, 1 where a presence decision was taken (the previous
-      slot was present and the step is within `max_steps`).
+      slot was present and the step is within `max_steps`); relaxed: the
+      previous slot's relaxed presence.
     presence_prob: `[batch, N]`, q's probability of presence.
-    log_q_presence: `[batch, N]`, log q of the presence decision (0 if inactive).
+    log_q_presence: `[batch, N]`, log q of the presence decision (0 if
+      inactive); relaxed: `active` times the log density of `presence_logit`.
     log_q_z: `[batch, N]`, log q of `z_where` and `z_what` (0 if absent).
     hidden: `[batch, N, lstm]`, the inference LSTM output that produced the slot.
+    presence_logit: `[batch, N]`, the relaxed sample in logit space
+      (`relaxed.sample_logit`); 0 when presence is discrete.
     final_state: the LSTM state after the last step.
   """
   z_where: jax.Array
@@ -176,6 +183,7 @@ class Slots(NamedTuple):
   log_q_presence: jax.Array
   log_q_z: jax.Array
   hidden: jax.Array
+  presence_logit: jax.Array
   final_state: networks.LSTMState
 
 
@@ -186,7 +194,8 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
           max_steps: jax.Array | None = None,
           first_state: networks.LSTMState | None = None,
           deterministic: bool = False,
-          detach_samples: bool = False) -> Slots:
+          detach_samples: bool = False,
+          temperature: jax.Array | None = None) -> Slots:
   """Samples the slots from q(z, n | x) with a masked scan over `N` steps.
 
   Args:
@@ -209,10 +218,19 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     detach_samples: the samples carry no gradient (no reparameterised path):
       `log_q_z` is then log q at fixed samples, whose gradient is the
       wake-phase update of reweighted wake-sleep.
+    temperature: scalar; when given, presence is relaxed (Concrete, see
+      `relaxed`): slot `i` draws `c_i = sigmoid(y_i)` and its presence is
+      `c_0 * ... * c_i`, which weights its drawing, its latents' log
+      densities and its successor's decision, and feeds the LSTM, where the
+      discrete model has the bit `b_0 * ... * b_i`. Every step stays
+      differentiable; training only (`estimator='concrete'`).
 
   Returns:
     `Slots`, each field `[batch, N, ...]`.
   """
+  if temperature is not None and (deterministic or detach_samples):
+    raise ValueError("a relaxed presence (temperature) is for training only: "
+                     "not with deterministic or detach_samples")
   batch = images.shape[0]
   if image_gates is None:
     image_gates = _call(config, params, AIRNetworks.image_gates, images)
@@ -230,9 +248,19 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     prob, (where_loc, where_scale) = _call(config, params, AIRNetworks.heads,
                                            state.hidden)
     active = prev_presence * (index < max_steps)
-    presence, z_where = sample_presence_and_where(
-        presence_key, where_key, prob, where_loc, where_scale, active,
-        deterministic)
+    if temperature is None:
+      presence, z_where = sample_presence_and_where(
+          presence_key, where_key, prob, where_loc, where_scale, active,
+          deterministic)
+      log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
+      presence_logit = jnp.zeros_like(prob)
+    else:
+      presence_logit = relaxed.sample_logit(presence_key, relaxed.logit(prob),
+                                            temperature)
+      presence = jax.nn.sigmoid(presence_logit) * active
+      z_where = dist.normal_sample(where_key, where_loc, where_scale)
+      log_q_presence = active * relaxed.logit_log_prob(
+          presence_logit, relaxed.logit(prob), temperature)
     z_where = jax.lax.stop_gradient(z_where) if detach_samples else z_where
     patch = glimpse.extract(images, z_where, config.glimpse_size,
                             config.extract_method)
@@ -241,10 +269,9 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     z_what, log_q_z = sample_what(
         what_key, (what_loc, what_scale), z_where, (where_loc, where_scale),
         presence, deterministic, detach_samples)
-    log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
     latents = jnp.concatenate([z_where, z_what, presence[:, None]], -1)
     outputs = (z_where, z_what, presence, active, prob, log_q_presence,
-               log_q_z, state.hidden)
+               log_q_z, state.hidden, presence_logit)
     return (state, latents, presence), outputs
 
   def step(carry, inputs):
@@ -334,15 +361,25 @@ def first_lstm_state(config: AIRConfig, params, image_gates: jax.Array,
                jnp.concatenate([latents, context], -1), initial_state)
 
 
-def prior_log_probs(config: AIRConfig, slots: Slots, rho: jax.Array):
+def prior_log_probs(config: AIRConfig, slots: Slots, rho: jax.Array,
+                    temperature: jax.Array | None = None):
   """Log-prior terms of each slot, `[batch, N]` each.
+
+  With a `temperature` (slots sampled relaxed at it), the presence term is
+  the density of `slots.presence_logit` under the relaxation of
+  Bernoulli(rho) at the same temperature, weighted by `slots.active`.
 
   Returns:
     (log p of the presence decisions, log p of `z_where` and `z_what`), both 0
-    where the slot is inactive or absent. Summed over slots, the presence term
-    is the truncated-geometric log p(n) of DESIGN §3.1.
+    where the slot is inactive or absent (weighted by the relaxed presence
+    when relaxed). Summed over slots, the discrete presence term is the
+    truncated-geometric log p(n) of DESIGN §3.1.
   """
-  log_p_presence = slots.active * dist.bernoulli_log_prob(slots.presence, rho)
+  if temperature is None:
+    log_p_presence = slots.active * dist.bernoulli_log_prob(slots.presence, rho)
+  else:
+    log_p_presence = slots.active * relaxed.logit_log_prob(
+        slots.presence_logit, relaxed.logit(rho), temperature)
   where_loc = jnp.array([config.scale_prior_mean, 0.0, 0.0])
   where_scale = jnp.array([config.scale_prior_std, config.shift_prior_std,
                            config.shift_prior_std])
@@ -416,7 +453,8 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
                      image_gates: jax.Array | None = None,
                      first_state: networks.LSTMState | None = None,
                      deterministic: bool = False,
-                     detach_samples: bool = False) -> LogWeightTerms:
+                     detach_samples: bool = False,
+                     temperature: jax.Array | None = None) -> LogWeightTerms:
   """Samples q once per image and returns its log-weight, term by term.
 
   Args:
@@ -429,14 +467,20 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
     first_state: optional shared first LSTM state (see `infer`).
     deterministic: use posterior modes (evaluation only).
     detach_samples: samples without gradient (see `infer`; RWS).
+    temperature: relaxed presence at this temperature (see `infer`;
+      Concrete). The terms are then those of the relaxed objective: each
+      slot's `log p - log q` weighted by its relaxed presence (decision
+      terms by the previous slot's), the likelihood of the canvas drawn with
+      those weights. They equal the discrete terms wherever the relaxed
+      presence is in {0, 1}, the limit as the temperature goes to 0.
 
   Returns:
     `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`.
   """
   slots = infer(config, params, images, rng, image_gates=image_gates,
                 first_state=first_state, deterministic=deterministic,
-                detach_samples=detach_samples)
-  log_p_presence, log_p_z = prior_log_probs(config, slots, rho)
+                detach_samples=detach_samples, temperature=temperature)
+  log_p_presence, log_p_z = prior_log_probs(config, slots, rho, temperature)
   canvas = composite(config, render_slots(config, params, slots))
   log_lik = log_likelihood(config, images, canvas)
   slot_kl = slots.log_q_presence + slots.log_q_z - log_p_presence - log_p_z

@@ -189,6 +189,28 @@ def rws(terms: jax.Array, log_q: jax.Array, state: NVILState) -> Surrogate:
                    jnp.zeros(()), state)
 
 
+def relaxed(terms: jax.Array, state: NVILState) -> Surrogate:
+  """The IWAE bound of relaxed samples, by the pathwise gradient alone.
+
+  For a model whose discrete decisions were relaxed (Concrete, see
+  `relaxed.py`): every latent is reparameterised, so minus the bound is the
+  loss itself and no score-function term is needed. With `K = 1` this is
+  the relaxed ELBO. The bound is that of the relaxed model, which differs
+  from the discrete model's (evaluation thresholds the relaxed decisions).
+
+  Args:
+    terms: `[K, B, S]`.
+    state: passed through unchanged.
+
+  Returns:
+    `Surrogate`; `bound` is the relaxed IWAE bound (the ELBO when `K = 1`).
+  """
+  log_weight = terms.sum(-1)
+  bound = log_mean_exp(log_weight, 0)
+  return Surrogate(-bound.mean(), bound.mean(), log_weight.mean(),
+                   jnp.zeros(()), state)
+
+
 def iwae_bound(log_weights: jax.Array) -> jax.Array:
   """`log (1/K) sum_k exp(w_k)` over axis 0: `[K, ...] -> [...]`."""
   return log_mean_exp(log_weights, 0)

@@ -15,9 +15,10 @@ import ml_collections
 
 from apdr_jax import air
 from apdr_jax import apdr
+from apdr_jax import relaxed
 from apdr_jax.errors import ConfigError
 
-ESTIMATORS = ("nvil", "vimco", "rws")
+ESTIMATORS = ("nvil", "vimco", "rws", "concrete")
 MODELS = ("air", "apdr")
 DATA_KINDS = ("scenes", "sequences")
 LR_SCHEDULES = ("constant", "cosine")
@@ -121,6 +122,9 @@ _FIELDS = (
     ("survival_warmup_steps", int, 0), ("init_air_from", str, None),
     ("rho_start", float, None), ("rho_end", float, None),
     ("rho_anneal_steps", int, 0), ("estimator", str, None),
+    ("concrete_temperature", float, None),
+    ("concrete_temperature_end", float, None),
+    ("concrete_anneal_steps", int, 0),
     ("num_samples", int, 1), ("nvil_decay", float, None),
     ("nvil_normalise", bool, None), ("batch_size", int, 1),
     ("num_steps", int, 1), ("learning_rate", float, None),
@@ -266,6 +270,11 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "init_air_from (an AIR workdir) only applies to model_name='apdr'")
   need(config.estimator in ESTIMATORS,
        f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
+  need(config.estimator != "concrete" or not is_sequential(config),
+       "estimator='concrete' is built for AIR only so far (APDR's "
+       "propagation decisions are not relaxed yet); use 'vimco' or 'rws'")
+  for key in ("concrete_temperature", "concrete_temperature_end"):
+    need(config.get(key, 1.0) > 0, f"{key}={config.get(key)} must be > 0")
   need(config.estimator not in ("vimco", "rws") or config.num_samples >= 2,
        f"estimator={config.estimator!r} needs num_samples >= 2, got "
        f"{config.num_samples}")
@@ -305,6 +314,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     need(m[key] in ("gather", "separable"),
          f"model.{key}={m[key]!r}; use 'gather' or 'separable'")
   model_config(config)
+
+
+def temperature_at(config, step):
+  """The Concrete relaxation's temperature at `step` (log-linear from
+  `concrete_temperature` to `concrete_temperature_end` over
+  `concrete_anneal_steps`; constant when that is 0)."""
+  start = config.get("concrete_temperature", 0.5)
+  return relaxed.temperature_at(step, start,
+                                config.get("concrete_temperature_end", start),
+                                config.get("concrete_anneal_steps", 0))
 
 
 def rho_at(config, step):

@@ -41,7 +41,7 @@ class NonFiniteLossError(ApdrError, FloatingPointError):
 
 
 def loss_and_metrics(config, params, nvil_state, images, rng, rho,
-                     min_survival=0.0, num_frames=None):
+                     min_survival=0.0, num_frames=None, temperature=None):
   """The surrogate loss for one batch and the scalars to log.
 
   Args:
@@ -54,6 +54,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
     min_survival: APDR only, the floor on q's survival probability.
     num_frames: APDR only, optional int32 scalar: read the first
       `num_frames` frames (a curriculum stage; all when None).
+    temperature: AIR with `estimator='concrete'` only: the relaxation's
+      temperature (the schedule's start when None).
 
   Returns:
     `(loss, (new_nvil_state, metrics))`.
@@ -63,6 +65,10 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
                                   min_survival, num_frames)
   mc = run_config.model_config(config)
   k, batch = config.num_samples, images.shape[0]
+  if config.estimator != "concrete":
+    temperature = None
+  elif temperature is None:
+    temperature = run_config.temperature_at(config, 0)
   # The K samples are folded into the batch rather than vmapped: XLA's CPU
   # backend runs the resulting plain matmuls much faster than batched ones
   # (measured in WORKSPACE.md). The image gates and the first LSTM state
@@ -74,7 +80,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
   out = air.log_weight_terms(mc, params, tile(images), rng, rho,
                              image_gates=tile(gates),
                              first_state=jax.tree.map(tile, first_state),
-                             detach_samples=config.estimator == "rws")
+                             detach_samples=config.estimator == "rws",
+                             temperature=temperature)
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
   surrogate = _surrogate(config, out, nvil_state)
   metrics = dict(
@@ -82,6 +89,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
       log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
       baseline_loss=surrogate.baseline_loss,
       mean_count=out.slots.presence.sum(-1).mean(), rho=rho)
+  if temperature is not None:
+    metrics.update(temperature=temperature)
   return surrogate.loss, (surrogate.nvil_state, metrics)
 
 
@@ -91,6 +100,8 @@ def _surrogate(config, out, nvil_state) -> objectives.Surrogate:
     return objectives.vimco(out.terms, out.score_log_q, nvil_state)
   if config.estimator == "rws":
     return objectives.rws(out.terms, out.log_q, nvil_state)
+  if config.estimator == "concrete":
+    return objectives.relaxed(out.terms, nvil_state)
   return objectives.nvil(out.terms, out.score_log_q, out.baseline,
                          nvil_state, config.nvil_decay, config.nvil_normalise)
 
@@ -172,13 +183,14 @@ def make_update_step(config, mesh, max_traces: int | None = None,
     images = images.astype(jnp.float32) / 255.0
     images = jax.lax.with_sharding_constraint(images, batch_sharding)
     rho = run_config.rho_at(config, state.step)
+    temperature = run_config.temperature_at(config, state.step)
     # APDR's warm-up: objects may not be forgotten until tracking is learnt.
     min_survival = jnp.where(
         state.step < config.get("survival_warmup_steps", 0), 0.999, 0.0)
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
     (loss, (nvil, metrics)), grads = grad_fn(config, state.params, state.nvil,
                                             images, sample_key, rho,
-                                            min_survival, frames)
+                                            min_survival, frames, temperature)
     with jax.named_scope("optimizer"):
       grads, grad_norm, baseline_grad_norm = clip_by_group_norm(
           grads, config.grad_clip_norm)

@@ -112,9 +112,16 @@ def get_config() -> ml_collections.ConfigDict:
   config.rho_anneal_steps = 20_000
 
   # 'nvil' (K = num_samples may be 1), 'vimco' or 'rws' (reweighted
-  # wake-sleep: q on the inclusive KL; both need K >= 2).
+  # wake-sleep: q on the inclusive KL; both need K >= 2), or 'concrete'
+  # (AIR only: presence relaxed to a Gumbel-sigmoid, pathwise gradients, the
+  # relaxed IWAE bound over K >= 1; evaluation thresholds it).
   config.estimator = "nvil"
   config.num_samples = 1
+  # 'concrete': the relaxation's temperature, log-linear from the first to
+  # the second over concrete_anneal_steps (0 = constant).
+  config.concrete_temperature = 0.5
+  config.concrete_temperature_end = 0.5
+  config.concrete_anneal_steps = 0
   config.nvil_decay = 0.9
   config.nvil_normalise = True  # divide the NVIL signal by its running std
 

@@ -5,7 +5,9 @@ here, at import time, for the whole test session. Tests that want one device
 say so through `config.num_devices = 1`.
 """
 
+import atexit
 import os
+import shutil
 import sys
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -20,9 +22,22 @@ import apdr_jax  # noqa: E402,F401
 
 # Tests run tiny models whose time is mostly compilation: compile cheaply, and
 # reuse compiled programs across tests and the launchers' subprocesses.
+#
+# One cache folder per test run and per xdist worker, never shared: JAX 0.10
+# writes a cache entry in place without a lock (`lru_cache.LRUCache.put` with
+# eviction off), so a process reading an entry that another is still writing
+# deserialises a torn executable and dies of a segmentation fault. That
+# happened twice when both workers shared one folder (docs/faults.md).
+# Subprocesses that a test starts one at a time inherit their worker's folder;
+# tests that start processes side by side take it away from them.
 jax.config.update("jax_disable_most_optimizations", True)
-_CACHE = os.path.join(os.environ.get("TMPDIR", "/tmp"), "apdr_jax_test_xla_cache")
-os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", _CACHE)
+_CACHE = os.path.join(
+    os.environ.get("TMPDIR", "/tmp"), "apdr_jax_test_xla_cache",
+    os.environ.get("PYTEST_XDIST_TESTRUNUID", f"run{os.getpid()}"),
+    os.environ.get("PYTEST_XDIST_WORKER", "main"))
+# Set, not defaulted: xdist's workers inherit the controller's environment.
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 

@@ -90,6 +90,8 @@ def test_bad_apdr_config_values_raise_clear_errors():
     run_config.validate_config(config)
   with pytest.raises(ConfigError, match="model_name"):
     run_config.validate_config(_config(model_name="sqair2"))
+  with pytest.raises(ConfigError, match="AIR only"):
+    run_config.validate_config(_config(estimator="concrete"))
   with pytest.raises(ConfigError, match="model.canvas"):
     config = _config()
     config.model.canvas = "max"

@@ -578,6 +578,7 @@ def test_concurrent_processes_generating_one_recipe(tmp_path):
   script.write_text(_CONCURRENT_SCRIPT)
   num = 400
   env = dict(os.environ, PYTHONPATH=REPO, APDR_JAX_HOST_TUNING="0")
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)  # side by side: see conftest
   start = time.time() + 3.0
   procs = [subprocess.Popen([sys.executable, str(script), str(cache_dir),
                              str(num), str(start)], env=env,

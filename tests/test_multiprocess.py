@@ -40,6 +40,8 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path, config_module):
   env = dict(os.environ, APDR_JAX_CACHE=os.environ["APDR_JAX_CACHE"],
              XLA_FLAGS="--xla_force_host_platform_device_count=2",
              JAX_PLATFORMS="cpu", JAX_DISABLE_MOST_OPTIMIZATIONS="true")
+  # Two processes side by side must not share a compilation cache (conftest).
+  env.pop("JAX_COMPILATION_CACHE_DIR", None)
   procs = [subprocess.Popen(
       [sys.executable, "-m", "launch.train", f"--config=configs/{name}.py",
        f"--workdir={workdir}", f"--coordinator_address=127.0.0.1:{port}",
@@ -47,7 +49,12 @@ def test_two_processes_on_loopback_equal_one_process(tmp_path, config_module):
        *(f"--config.{k}={v}" for k, v in overrides.items())],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
       text=True) for i in range(2)]
-  outputs = [p.communicate(timeout=400)[0] for p in procs]
+  try:
+    outputs = [p.communicate(timeout=400)[0] for p in procs]
+  finally:
+    for p in procs:  # one that died leaves the other waiting at a barrier
+      if p.poll() is None:
+        p.kill()
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-3000:]
   # Each process read only its own half of the training streams (the cache is

@@ -32,7 +32,8 @@ def _train_images(config, num=32):
 
 
 @pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("vimco", 3),
-                                                  ("rws", 3)])
+                                                  ("rws", 3), ("concrete", 1),
+                                                  ("concrete", 3)])
 def test_steps_change_params_and_never_retrace(estimator, num_samples):
   chex.clear_trace_counter()  # counters are per function body, across tests
   config = _config(estimator=estimator, num_samples=num_samples)
@@ -59,6 +60,9 @@ def test_bad_config_values_raise_clear_errors():
     run_config.validate_config(_config(estimator="reinforce"))
   with pytest.raises(ConfigError, match="num_samples"):
     run_config.validate_config(_config(estimator="vimco", num_samples=1))
+  with pytest.raises(ConfigError, match="concrete_temperature_end"):
+    run_config.validate_config(_config(estimator="concrete",
+                                       concrete_temperature_end=0.0))
   with pytest.raises(ConfigError, match="learning_rate"):
     run_config.validate_config(_config(learning_rate=-1.0))
   config = _config()
@@ -114,10 +118,17 @@ def test_learning_rates_per_group_and_cosine_schedule():
     run_config.validate_config(_config(lr_final_fraction=2.0))
 
 
-def test_resume_equals_uninterrupted(tmp_path):
+# Concrete with an annealed temperature: the relaxation's schedule must resume
+# at the step where it stopped too.
+_CONCRETE = dict(estimator="concrete", num_samples=2, concrete_temperature=1.0,
+                 concrete_temperature_end=0.1, concrete_anneal_steps=4)
+
+
+@pytest.mark.parametrize("estimator", [{}, _CONCRETE], ids=["nvil", "concrete"])
+def test_resume_equals_uninterrupted(tmp_path, estimator):
   # The cosine schedule keeps a step count in the optimiser state: resuming
   # must restore it too.
-  schedule = dict(lr_schedule="cosine", lr_decay_steps=4)
+  schedule = dict(lr_schedule="cosine", lr_decay_steps=4, **estimator)
   config = _config(num_steps=4, checkpoint_every=2, **schedule)
   train.train_and_evaluate(config, str(tmp_path / "straight"))
   train.train_and_evaluate(_config(num_steps=2, checkpoint_every=2,

@@ -83,12 +83,12 @@ def predict(config: APDRConfig, params, images: jax.Array, num_future: int,
                                                  batch, 1.0)
     prop = Propagated(z_where, z_what, alive, objects.presence, *(
         (jnp.zeros_like(alive),) * 5), None, state)
-    disc = air.Slots(new_where, new_what, born.astype(alive.dtype), None, None,
-                     None, None, None, None)
+    disc = air.Slots(new_where, new_what, born.astype(alive.dtype),
+                     *([None] * 7))
     carry_like = Carry(objects, None, next_id)
     new = compact(config, params, carry_like, prop, disc)
     canvas = air.composite(a, air.render_slots(a, params["air"], air.Slots(
-        new.z_where, new.z_what, new.presence, *([None] * 6))))
+        new.z_where, new.z_what, new.presence, *([None] * 7))))
     next_id = next_id + born.sum(-1).astype(jnp.int32)
     return (new, next_id), (canvas, new.z_where, new.presence, new.ids)
 
