@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from apdr_jax import distributions as dist
 from apdr_jax import glimpse
 from apdr_jax import networks
+from apdr_jax import rebar
 from apdr_jax import relaxed
 
 
@@ -62,6 +63,10 @@ class AIRConfig:
   # object for two overlapping digits ("A likely cause" in
   # docs/apdr_2026-12-06_particles_fivo_clip_canvas.md).
   canvas: str = "sum"
+  # RELAX's learned control variate (`relax_control` network); set by
+  # `run_config.model_config` for `estimator='relax'` only, so that every
+  # other run keeps its parameter tree.
+  relax_control: bool = False
 
   def __post_init__(self):
     if self.canvas not in CANVAS_RULES:
@@ -96,6 +101,10 @@ class AIRNetworks(nn.Module):
     self.decoder = networks.MLP((c.mlp_size,), c.glimpse_size ** 2,
                                 output_bias_init=c.decoder_bias)
     self.baseline = networks.MLP((c.mlp_size,), 1)
+    if c.relax_control:
+      # Named to end in "baseline": it shares the baseline's learning rate
+      # and gradient clipping (`optimizer`).
+      self.relax_baseline = networks.MLP((c.mlp_size,), 1)
 
   def image_gates(self, images):
     """`[batch, H, W] -> [batch, 4*lstm]`, computed once per image."""
@@ -127,6 +136,13 @@ class AIRNetworks(nn.Module):
     """NVIL's input-dependent baseline for one presence decision, `[batch]`."""
     return self.baseline(jax.lax.stop_gradient(hidden))[:, 0]
 
+  def relax_value(self, hidden, relaxed_presence):
+    """RELAX's learned part of one decision's control variate, `[batch]`,
+    from the LSTM output and the decision's relaxed presence `[batch]`."""
+    inputs = jnp.concatenate([jax.lax.stop_gradient(hidden),
+                              relaxed_presence[:, None]], -1)
+    return self.relax_baseline(inputs)[:, 0]
+
   def __call__(self, images):
     """Touches every network once (used only by `init`)."""
     c = self.config
@@ -136,6 +152,8 @@ class AIRNetworks(nn.Module):
     state = self.rnn_step(self.image_gates(images), latents, state)
     self.heads(state.hidden)
     self.baseline_value(state.hidden)
+    if c.relax_control:
+      self.relax_value(state.hidden, jnp.zeros((batch,)))
     self.encode(jnp.zeros((batch, c.glimpse_size ** 2)))
     return self.decode(jnp.zeros((batch, c.z_what_dim)))
 
@@ -173,6 +191,9 @@ class Slots(NamedTuple):
     hidden: `[batch, N, lstm]`, the inference LSTM output that produced the slot.
     presence_logit: `[batch, N]`, the relaxed sample in logit space
       (`relaxed.sample_logit`); 0 when presence is discrete.
+    presence_noise: `[batch, N, 2]`, the uniforms that drew each presence
+      bit (`rebar.noise`) with `rebar_noise=True`, for REBAR's and RELAX's
+      relaxed samples; 0 otherwise.
     final_state: the LSTM state after the last step.
   """
   z_where: jax.Array
@@ -184,6 +205,7 @@ class Slots(NamedTuple):
   log_q_z: jax.Array
   hidden: jax.Array
   presence_logit: jax.Array
+  presence_noise: jax.Array
   final_state: networks.LSTMState
 
 
@@ -195,7 +217,8 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
           first_state: networks.LSTMState | None = None,
           deterministic: bool = False,
           detach_samples: bool = False,
-          temperature: jax.Array | None = None) -> Slots:
+          temperature: jax.Array | None = None,
+          rebar_noise: bool = False) -> Slots:
   """Samples the slots from q(z, n | x) with a masked scan over `N` steps.
 
   Args:
@@ -224,13 +247,16 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
       densities and its successor's decision, and feeds the LSTM, where the
       discrete model has the bit `b_0 * ... * b_i`. Every step stays
       differentiable; training only (`estimator='concrete'`).
+    rebar_noise: draw each presence bit as `rebar.from_noise` does (the same
+      Bernoulli) and keep its uniforms in `presence_noise` (REBAR, RELAX).
 
   Returns:
     `Slots`, each field `[batch, N, ...]`.
   """
-  if temperature is not None and (deterministic or detach_samples):
-    raise ValueError("a relaxed presence (temperature) is for training only: "
-                     "not with deterministic or detach_samples")
+  if (temperature is not None or rebar_noise) and (deterministic or
+                                                  detach_samples):
+    raise ValueError("a relaxed presence (temperature, rebar_noise) is for "
+                     "training only: not with deterministic or detach_samples")
   batch = images.shape[0]
   if image_gates is None:
     image_gates = _call(config, params, AIRNetworks.image_gates, images)
@@ -248,12 +274,20 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     prob, (where_loc, where_scale) = _call(config, params, AIRNetworks.heads,
                                            state.hidden)
     active = prev_presence * (index < max_steps)
-    if temperature is None:
+    presence_logit = jnp.zeros_like(prob)
+    presence_noise = jnp.zeros(prob.shape + (2,), prob.dtype)
+    if rebar_noise:
+      presence_noise = rebar.noise(presence_key, prob.shape, prob.dtype)
+      bits = rebar.from_noise(relaxed.logit(jax.lax.stop_gradient(prob)),
+                              presence_noise).bits
+      presence = bits * active
+      z_where = dist.normal_sample(where_key, where_loc, where_scale)
+      log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
+    elif temperature is None:
       presence, z_where = sample_presence_and_where(
           presence_key, where_key, prob, where_loc, where_scale, active,
           deterministic)
       log_q_presence = active * dist.bernoulli_log_prob(presence, prob)
-      presence_logit = jnp.zeros_like(prob)
     else:
       presence_logit = relaxed.sample_logit(presence_key, relaxed.logit(prob),
                                             temperature)
@@ -271,7 +305,7 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
         presence, deterministic, detach_samples)
     latents = jnp.concatenate([z_where, z_what, presence[:, None]], -1)
     outputs = (z_where, z_what, presence, active, prob, log_q_presence,
-               log_q_z, state.hidden, presence_logit)
+               log_q_z, state.hidden, presence_logit, presence_noise)
     return (state, latents, presence), outputs
 
   def step(carry, inputs):
@@ -454,7 +488,8 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
                      first_state: networks.LSTMState | None = None,
                      deterministic: bool = False,
                      detach_samples: bool = False,
-                     temperature: jax.Array | None = None) -> LogWeightTerms:
+                     temperature: jax.Array | None = None,
+                     rebar_noise: bool = False) -> LogWeightTerms:
   """Samples q once per image and returns its log-weight, term by term.
 
   Args:
@@ -473,13 +508,15 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
       terms by the previous slot's), the likelihood of the canvas drawn with
       those weights. They equal the discrete terms wherever the relaxed
       presence is in {0, 1}, the limit as the temperature goes to 0.
+    rebar_noise: keep the presence bits' uniforms (see `infer`).
 
   Returns:
     `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`.
   """
   slots = infer(config, params, images, rng, image_gates=image_gates,
                 first_state=first_state, deterministic=deterministic,
-                detach_samples=detach_samples, temperature=temperature)
+                detach_samples=detach_samples, temperature=temperature,
+                rebar_noise=rebar_noise)
   log_p_presence, log_p_z = prior_log_probs(config, slots, rho, temperature)
   canvas = composite(config, render_slots(config, params, slots))
   log_lik = log_likelihood(config, images, canvas)

@@ -211,6 +211,41 @@ def relaxed(terms: jax.Array, state: NVILState) -> Surrogate:
                    jnp.zeros(()), state)
 
 
+def rebar(terms: jax.Array, score_log_q: jax.Array, control_z: jax.Array,
+          control_z_tilde: jax.Array, variance_loss: jax.Array,
+          state: NVILState) -> Surrogate:
+  """The single-sample ELBO with REBAR or RELAX for the discrete decisions.
+
+  Decision `i`'s score-function term is weighted by its learning signal
+  `L_i = sum_{j >= i} terms_j` minus its control variate at the conditional
+  relaxed sample, `c_i(z~_i)`, and `c_i(z_i) - c_i(z~_i)` is added with its
+  gradient (through both samples' logits): unbiased for any `c_i` that
+  depends on the decision's own noise only through `z_i` (`air_control`).
+
+  Args:
+    terms: `[B, S]` (or `[K, B, S]`, treated as `K * B` independent samples).
+    score_log_q: same shape, log q of each decision.
+    control_z: same shape (0 where there is no decision), `c_i(z_i)`.
+    control_z_tilde: same shape, `c_i(z~_i)`.
+    variance_loss: scalar added to the loss (RELAX's network objective; its
+      gradient reaches that network only), 0 for REBAR.
+    state: passed through unchanged.
+
+  Returns:
+    `Surrogate`; `bound` is the ELBO, `baseline_loss` the variance loss.
+  """
+  terms = terms.reshape((-1, terms.shape[-1]))
+  shaped = lambda x: x.reshape(terms.shape)
+  score_log_q, control_z, control_z_tilde = map(
+      shaped, (score_log_q, control_z, control_z_tilde))
+  signal = sg(reverse_cumsum(terms))
+  elbo = terms.sum(-1)
+  score = (sg(signal - control_z_tilde) * score_log_q
+           + control_z - control_z_tilde).sum(-1)
+  loss = -jnp.mean(elbo + score) + variance_loss
+  return Surrogate(loss, elbo.mean(), elbo.mean(), variance_loss, state)
+
+
 def iwae_bound(log_weights: jax.Array) -> jax.Array:
   """`log (1/K) sum_k exp(w_k)` over axis 0: `[K, ...] -> [...]`."""
   return log_mean_exp(log_weights, 0)

@@ -23,8 +23,9 @@ network) are trained to minimise its variance (`variance_loss`).
 These work on one vector of bits whose logits do not depend on one another.
 AIR's presence decisions form a chain (slot `i`'s logit depends on slot
 `i - 1`'s bit), and a relaxed chain fed with relaxed bits no longer has the
-discrete chain's distribution of `H(z)`; wiring REBAR into AIR needs one
-control variate per decision (docs/estimators.md).
+discrete chain's distribution of `H(z)`: `air_control.py` gives each of
+AIR's decisions its own control variate, a function of its own relaxed
+sample with everything else held fixed.
 """
 
 from typing import Callable, NamedTuple
@@ -53,12 +54,16 @@ def _logit(p: jax.Array) -> jax.Array:
   return jnp.log(p) - jnp.log1p(-p)
 
 
-def sample(rng: jax.Array, logits: jax.Array) -> RelaxedBits:
-  """Draws `RelaxedBits` for independent Bernoullis with these `logits`."""
-  u_key, v_key = jax.random.split(rng)
-  tiny = jnp.finfo(logits.dtype).tiny
-  u = jax.random.uniform(u_key, logits.shape, logits.dtype, tiny, 1.0)
-  v = jax.random.uniform(v_key, logits.shape, logits.dtype, tiny, 1.0)
+def noise(rng: jax.Array, shape, dtype=jnp.float32) -> jax.Array:
+  """The uniforms `(u, v)` of one draw, `shape + [2]`, in (0, 1)."""
+  tiny = jnp.finfo(dtype).tiny
+  return jax.random.uniform(rng, tuple(shape) + (2,), dtype, tiny, 1.0)
+
+
+def from_noise(logits: jax.Array, uniforms: jax.Array) -> RelaxedBits:
+  """`RelaxedBits` for independent Bernoullis with these `logits`, from the
+  uniforms of `noise` (`logits.shape + [2]`); differentiable in `logits`."""
+  u, v = uniforms[..., 0], uniforms[..., 1]
   z = logits + _logit(u)
   bits = sg((z > 0).astype(logits.dtype))
   # b = 1 exactly when u > 1 - p: given b, u is uniform on (1 - p, 1) or on
@@ -66,8 +71,14 @@ def sample(rng: jax.Array, logits: jax.Array) -> RelaxedBits:
   # loses precision when p is near 0 or 1.
   p, one_minus_p = jax.nn.sigmoid(logits), jax.nn.sigmoid(-logits)
   v_given_b = jnp.where(bits > 0, one_minus_p + v * p, v * one_minus_p)
-  v_given_b = jnp.clip(v_given_b, tiny, 1.0 - jnp.finfo(logits.dtype).eps)
+  v_given_b = jnp.clip(v_given_b, jnp.finfo(logits.dtype).tiny,
+                       1.0 - jnp.finfo(logits.dtype).eps)
   return RelaxedBits(bits, z, logits + _logit(v_given_b))
+
+
+def sample(rng: jax.Array, logits: jax.Array) -> RelaxedBits:
+  """Draws `RelaxedBits` for independent Bernoullis with these `logits`."""
+  return from_noise(logits, noise(rng, logits.shape, logits.dtype))
 
 
 def bernoulli_log_prob(bits: jax.Array, logits: jax.Array) -> jax.Array:

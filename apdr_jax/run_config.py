@@ -18,7 +18,7 @@ from apdr_jax import apdr
 from apdr_jax import relaxed
 from apdr_jax.errors import ConfigError
 
-ESTIMATORS = ("nvil", "vimco", "rws", "concrete")
+ESTIMATORS = ("nvil", "vimco", "rws", "concrete", "rebar", "relax")
 MODELS = ("air", "apdr")
 DATA_KINDS = ("scenes", "sequences")
 LR_SCHEDULES = ("constant", "cosine")
@@ -30,14 +30,18 @@ def model_config(config: ml_collections.ConfigDict):
   The canvas size comes from the data; APDR's discovery is AIR with the
   relation state as its context.
   """
-  fields = {f.name for f in dataclasses.fields(air.AIRConfig)}
+  # relax_control follows the estimator, not the user.
+  fields = {f.name for f in dataclasses.fields(air.AIRConfig)} - {
+      "relax_control"}
   unknown = set(config.model.keys()) - fields
   if unknown:
     raise ConfigError(f"unknown config.model fields: {sorted(unknown)}; "
                       f"known: {sorted(fields)}")
   model = config.model.to_dict()
   if config.model_name != "apdr":
-    return air.AIRConfig(canvas_size=config.data.canvas_size, **model)
+    return air.AIRConfig(canvas_size=config.data.canvas_size,
+                         relax_control=config.get("estimator") == "relax",
+                         **model)
   extra = config.get("apdr", ml_collections.ConfigDict()).to_dict()
   known = {f.name for f in dataclasses.fields(apdr.APDRConfig)} - {"air"}
   if set(extra) - known:
@@ -125,6 +129,7 @@ _FIELDS = (
     ("concrete_temperature", float, None),
     ("concrete_temperature_end", float, None),
     ("concrete_anneal_steps", int, 0),
+    ("rebar_temperature", float, None), ("rebar_scale", float, None),
     ("num_samples", int, 1), ("nvil_decay", float, None),
     ("nvil_normalise", bool, None), ("batch_size", int, 1),
     ("num_steps", int, 1), ("learning_rate", float, None),
@@ -270,10 +275,12 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
        "init_air_from (an AIR workdir) only applies to model_name='apdr'")
   need(config.estimator in ESTIMATORS,
        f"estimator={config.estimator!r}; use one of {ESTIMATORS}")
-  need(config.estimator != "concrete" or not is_sequential(config),
-       "estimator='concrete' is built for AIR only so far (APDR's "
+  need(config.estimator not in ("concrete", "rebar", "relax") or
+       not is_sequential(config),
+       f"estimator={config.estimator!r} is built for AIR only so far (APDR's "
        "propagation decisions are not relaxed yet); use 'vimco' or 'rws'")
-  for key in ("concrete_temperature", "concrete_temperature_end"):
+  for key in ("concrete_temperature", "concrete_temperature_end",
+              "rebar_temperature"):
     need(config.get(key, 1.0) > 0, f"{key}={config.get(key)} must be > 0")
   need(config.estimator not in ("vimco", "rws") or config.num_samples >= 2,
        f"estimator={config.estimator!r} needs num_samples >= 2, got "

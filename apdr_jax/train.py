@@ -17,6 +17,7 @@ import ml_collections
 import optax
 
 from apdr_jax import air
+from apdr_jax import air_control
 from apdr_jax import apdr
 from apdr_jax import checkpoints
 from apdr_jax import faults
@@ -77,13 +78,24 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
   first_state = air.first_lstm_state(mc, params, gates)  # image-only, shared
   tile = lambda x: jnp.broadcast_to(x[None], (k,) + x.shape).reshape(
       (k * batch,) + x.shape[1:])
+  rebar_like = config.estimator in ("rebar", "relax")
   out = air.log_weight_terms(mc, params, tile(images), rng, rho,
                              image_gates=tile(gates),
                              first_state=jax.tree.map(tile, first_state),
                              detach_samples=config.estimator == "rws",
-                             temperature=temperature)
+                             temperature=temperature, rebar_noise=rebar_like)
+  if rebar_like:
+    control = air_control.controls(
+        mc, params, tile(images), out.slots, rho, out.terms,
+        config.get("rebar_temperature", 0.5), config.get("rebar_scale", 1.0),
+        relax=config.estimator == "relax")
+    surrogate = objectives.rebar(out.terms, out.score_log_q,
+                                 _pad_column(control.at_z),
+                                 _pad_column(control.at_z_tilde),
+                                 control.variance_loss, nvil_state)
   out = jax.tree.map(lambda x: x.reshape((k, batch) + x.shape[1:]), out)
-  surrogate = _surrogate(config, out, nvil_state)
+  if not rebar_like:
+    surrogate = _surrogate(config, out, nvil_state)
   metrics = dict(
       loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
       log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
@@ -92,6 +104,11 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
   if temperature is not None:
     metrics.update(temperature=temperature)
   return surrogate.loss, (surrogate.nvil_state, metrics)
+
+
+def _pad_column(x):
+  """`[B, N] -> [B, N + 1]`: no decision in the likelihood's column."""
+  return jnp.pad(x, ((0, 0), (0, 1)))
 
 
 def _surrogate(config, out, nvil_state) -> objectives.Surrogate:

@@ -114,7 +114,8 @@ def get_config() -> ml_collections.ConfigDict:
   # 'nvil' (K = num_samples may be 1), 'vimco' or 'rws' (reweighted
   # wake-sleep: q on the inclusive KL; both need K >= 2), or 'concrete'
   # (AIR only: presence relaxed to a Gumbel-sigmoid, pathwise gradients, the
-  # relaxed IWAE bound over K >= 1; evaluation thresholds it).
+  # relaxed IWAE bound over K >= 1; evaluation thresholds it), 'rebar' or
+  # 'relax' (AIR only).
   config.estimator = "nvil"
   config.num_samples = 1
   # 'concrete': the relaxation's temperature, log-linear from the first to
@@ -122,6 +123,12 @@ def get_config() -> ml_collections.ConfigDict:
   config.concrete_temperature = 0.5
   config.concrete_temperature_end = 0.5
   config.concrete_anneal_steps = 0
+  # 'rebar' and 'relax' (AIR only, K >= 1): unbiased, each presence decision
+  # with its own control variate from its relaxed sample (apdr_jax/
+  # air_control.py) at this temperature, the relaxed log-weight times this
+  # scale; 'relax' adds a learned network trained on the variance.
+  config.rebar_temperature = 0.5
+  config.rebar_scale = 1.0
   config.nvil_decay = 0.9
   config.nvil_normalise = True  # divide the NVIL signal by its running std
 

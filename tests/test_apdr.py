@@ -307,7 +307,7 @@ def test_compaction_is_stable_and_keeps_ids_and_prior_states():
       log_q_presence=None, log_q_z=None, log_p_presence=None, log_p_z=None,
       baseline=None, relation=None, prior_state=prior_prev)
   disc = air.Slots(jnp.array([[[3., 0, 0], [4., 0, 0]]]), jnp.zeros((1, n, d)),
-                   jnp.array([[1., 0.]]), *([None] * 6))
+                   jnp.array([[1., 0.]]), *([None] * 8))
   objects = apdr.frame.compact(TINY, fresh_params, carry, prop, disc)
   np.testing.assert_array_equal(objects.ids, [[7, 9]])
   np.testing.assert_array_equal(objects.presence, [[1., 1.]])

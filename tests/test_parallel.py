@@ -37,7 +37,8 @@ def _train_steps(config, num_devices, steps=3):
 
 
 @pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("vimco", 3),
-                                                  ("rws", 3), ("concrete", 2)])
+                                                  ("rws", 3), ("concrete", 2),
+                                                  ("relax", 2)])
 def test_eight_devices_equal_one(estimator, num_samples):
   assert jax.device_count() >= 8, "conftest should force 8 CPU devices"
   config = _config(estimator=estimator, num_samples=num_samples)

@@ -33,7 +33,8 @@ def _train_images(config, num=32):
 
 @pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("vimco", 3),
                                                   ("rws", 3), ("concrete", 1),
-                                                  ("concrete", 3)])
+                                                  ("concrete", 3), ("rebar", 1),
+                                                  ("relax", 2)])
 def test_steps_change_params_and_never_retrace(estimator, num_samples):
   chex.clear_trace_counter()  # counters are per function body, across tests
   config = _config(estimator=estimator, num_samples=num_samples)
@@ -124,7 +125,8 @@ _CONCRETE = dict(estimator="concrete", num_samples=2, concrete_temperature=1.0,
                  concrete_temperature_end=0.1, concrete_anneal_steps=4)
 
 
-@pytest.mark.parametrize("estimator", [{}, _CONCRETE], ids=["nvil", "concrete"])
+@pytest.mark.parametrize("estimator", [{}, _CONCRETE, dict(estimator="relax")],
+                         ids=["nvil", "concrete", "relax"])
 def test_resume_equals_uninterrupted(tmp_path, estimator):
   # The cosine schedule keeps a step count in the optimiser state: resuming
   # must restore it too.

@@ -84,11 +84,11 @@ def predict(config: APDRConfig, params, images: jax.Array, num_future: int,
     prop = Propagated(z_where, z_what, alive, objects.presence, *(
         (jnp.zeros_like(alive),) * 5), None, state)
     disc = air.Slots(new_where, new_what, born.astype(alive.dtype),
-                     *([None] * 7))
+                     *([None] * 8))
     carry_like = Carry(objects, None, next_id)
     new = compact(config, params, carry_like, prop, disc)
     canvas = air.composite(a, air.render_slots(a, params["air"], air.Slots(
-        new.z_where, new.z_what, new.presence, *([None] * 7))))
+        new.z_where, new.z_what, new.presence, *([None] * 8))))
     next_id = next_id + born.sum(-1).astype(jnp.int32)
     return (new, next_id), (canvas, new.z_where, new.presence, new.ids)
 
