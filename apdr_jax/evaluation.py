@@ -51,8 +51,11 @@ def decompose(model_config: air.AIRConfig, params, images: np.ndarray,
 
 
 def count_accuracy(predicted: np.ndarray, true: np.ndarray) -> dict:
-  """Overall and per-true-count accuracy, as plain floats."""
-  result = {"count_accuracy": float(np.mean(predicted == true))}
+  """Overall and per-true-count accuracy, and the fractions of images counted
+  too many (`over_count`) and too few (`under_count`), as plain floats."""
+  result = {"count_accuracy": float(np.mean(predicted == true)),
+            "over_count": float(np.mean(predicted > true)),
+            "under_count": float(np.mean(predicted < true))}
   for count in np.unique(true):
     mask = true == count
     result[f"count_accuracy_{int(count)}"] = float(

@@ -337,10 +337,20 @@ def bounds(model_config, params, sequences: np.ndarray, rng: jax.Array,
 
 
 def count_accuracy(predicted: np.ndarray, true: np.ndarray) -> dict:
-  """Per-frame count accuracy (overall and per true count) and the fraction
-  of sequences whose every frame is counted right."""
+  """Per-frame count accuracy (overall, per true count, over- and
+  under-counts, and at each frame index `t` as `frame_count_accuracy_at_t`:
+  errors that accumulate show as a falling row) and the fraction of
+  sequences whose every frame is counted right.
+
+  Args:
+    predicted: `[num, T]` counts.
+    true: `[num, T]` counts.
+  """
   result = {f"frame_{k}": v for k, v in
             evaluation.count_accuracy(predicted.ravel(), true.ravel()).items()}
+  for t in range(predicted.shape[1]):
+    result[f"frame_count_accuracy_at_{t}"] = float(
+        np.mean(predicted[:, t] == true[:, t]))
   result["sequence_count_accuracy"] = float(np.mean(np.all(predicted == true,
                                                            axis=1)))
   return result

@@ -86,3 +86,22 @@ def test_cli_errors_are_one_line_not_tracebacks(tmp_path):
                 env_cache=cache)
   assert result.returncode == 2
   assert "estimator" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_compare_tabulates_finished_runs(workdir, tmp_path):
+  result = _run("launch.compare", f"--workdirs={workdir},{workdir}",
+                "--target=0.0", env_cache=str(tmp_path / "cache"))
+  assert result.returncode == 0, result.stderr
+  lines = result.stdout.strip().splitlines()
+  assert len(lines) == 4 and lines[0].startswith("| workdir | estimator")
+  cells = [c.strip() for c in lines[2].strip("|").split("|")]
+  final = json.loads(open(os.path.join(workdir, "final_metrics.json")).read())
+  assert cells[1:4] == ["nvil", "1", "0"]
+  assert cells[4] == f"{100 * final['count_accuracy']:.1f}%"
+  assert cells[6] == (f"{100 * final['over_count']:.1f}% / "
+                      f"{100 * final['under_count']:.1f}%")
+  assert cells[9] == "2"  # the first held-out evaluation reaches 0%
+  bad = _run("launch.compare", f"--workdirs={tmp_path / 'nope'}",
+             env_cache=str(tmp_path / "cache"))
+  assert bad.returncode == 2 and "Traceback" not in bad.stderr
+  assert len(bad.stderr.strip().splitlines()) == 1

@@ -318,3 +318,17 @@ def test_agrees_with_motmetrics(case):
     assert ours["num_matches"] > 0
     for key, value in theirs.items():
       assert ours[key] == pytest.approx(value, abs=1e-9), key
+
+
+def test_count_accuracy_by_frame_index_and_over_and_under_counts():
+  from apdr_jax import sequence_evaluation
+  true = np.array([[1, 1, 2], [0, 1, 1]])
+  predicted = np.array([[1, 2, 2], [0, 1, 0]])
+  got = sequence_evaluation.count_accuracy(predicted, true)
+  assert got["frame_count_accuracy"] == pytest.approx(4 / 6)
+  assert got["frame_over_count"] == pytest.approx(1 / 6)
+  assert got["frame_under_count"] == pytest.approx(1 / 6)
+  assert [got[f"frame_count_accuracy_at_{t}"] for t in range(3)] == [
+      1.0, 0.5, 0.5]
+  assert got["frame_count_accuracy_1"] == 0.5  # true 1 four times, right twice
+  assert got["sequence_count_accuracy"] == 0.0
