@@ -19,6 +19,7 @@ from apdr_jax import relaxed
 from apdr_jax.errors import ConfigError
 
 ESTIMATORS = ("nvil", "vimco", "rws", "concrete", "rebar", "relax")
+OBJECTIVES = ("iwae", "fivo")
 MODELS = ("air", "apdr")
 DATA_KINDS = ("scenes", "sequences")
 LR_SCHEDULES = ("constant", "cosine")
@@ -130,6 +131,7 @@ _FIELDS = (
     ("concrete_temperature_end", float, None),
     ("concrete_anneal_steps", int, 0),
     ("rebar_temperature", float, None), ("rebar_scale", float, None),
+    ("objective", str, None), ("fivo_resample_threshold", float, None),
     ("num_samples", int, 1), ("nvil_decay", float, None),
     ("nvil_normalise", bool, None), ("batch_size", int, 1),
     ("num_steps", int, 1), ("learning_rate", float, None),
@@ -282,6 +284,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   for key in ("concrete_temperature", "concrete_temperature_end",
               "rebar_temperature"):
     need(config.get(key, 1.0) > 0, f"{key}={config.get(key)} must be > 0")
+  objective = config.get("objective", "iwae")
+  need(objective in OBJECTIVES,
+       f"objective={objective!r}; use one of {OBJECTIVES}")
+  need(objective != "fivo" or (is_sequential(config) and
+                               config.estimator == "rws"),
+       "objective='fivo' is for model_name='apdr' with estimator='rws' (q "
+       "learns from the particles' weights; VIMCO cannot be used with FIVO)")
+  need(config.get("fivo_resample_threshold", 0.5) >= 0,
+       f"fivo_resample_threshold={config.get('fivo_resample_threshold')} "
+       "must be >= 0 (0: never resample; above 1: every frame)")
   need(config.estimator not in ("vimco", "rws") or config.num_samples >= 2,
        f"estimator={config.estimator!r} needs num_samples >= 2, got "
        f"{config.num_samples}")

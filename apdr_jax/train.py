@@ -21,6 +21,7 @@ from apdr_jax import air_control
 from apdr_jax import apdr
 from apdr_jax import checkpoints
 from apdr_jax import faults
+from apdr_jax import fivo
 from apdr_jax import input_pipeline
 from apdr_jax import metrics_log
 from apdr_jax import objectives
@@ -136,15 +137,23 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
   k, batch, total = config.num_samples, sequences.shape[0], sequences.shape[1]
   if num_frames is None:
     num_frames = jnp.asarray(total, jnp.int32)
-  out = apdr.sample_log_weight_terms(mc, params, sequences, rng, rho, k,
-                                    min_survival=min_survival,
-                                    num_frames=num_frames, remat=True,
-                                    detach_samples=config.estimator == "rws")
   # Means over the frames read (the skipped ones are zeros).
   frame_mean = lambda x: x.sum() / (k * batch * num_frames)
-  with jax.named_scope("objective"):
-    surrogate = _surrogate(config, out, nvil_state)
-  frames = out.frames
+  if config.get("objective", "iwae") == "fivo":
+    surrogate, frames, extra = _fivo_surrogate(
+        config, mc, params, nvil_state, sequences, rng, rho, min_survival,
+        num_frames)
+    log_likelihood = frames.log_likelihood.sum() / (k * batch)
+    kl = frames.kl.sum() / (k * batch)
+  else:
+    out = apdr.sample_log_weight_terms(mc, params, sequences, rng, rho, k,
+                                      min_survival=min_survival,
+                                      num_frames=num_frames, remat=True,
+                                      detach_samples=config.estimator == "rws")
+    with jax.named_scope("objective"):
+      surrogate = _surrogate(config, out, nvil_state)
+    frames, extra = out.frames, {}
+    log_likelihood, kl = out.log_likelihood.mean(), out.kl.mean()
   # Mean survival probabilities over the decisions taken (objects of the
   # previous frame): a collapse of tracking shows here first.
   decisions = jnp.maximum((frames.prior_survival > 0).sum(), 1)
@@ -152,13 +161,37 @@ def _apdr_loss_and_metrics(config, params, nvil_state, sequences, rng, rho,
       q_survival=frames.q_survival.sum() / decisions,
       prior_survival=frames.prior_survival.sum() / decisions,
       loss=surrogate.loss, bound=surrogate.bound, elbo=surrogate.elbo,
-      log_likelihood=out.log_likelihood.mean(), kl=out.kl.mean(),
+      log_likelihood=log_likelihood, kl=kl,
       baseline_loss=surrogate.baseline_loss,
       mean_count=frame_mean(frames.presence),
       mean_propagated=frame_mean(frames.num_propagated),
       mean_discovered=frame_mean(frames.num_discovered), rho=rho,
       num_frames=num_frames.astype(jnp.float32))
+  metrics.update(extra)
   return surrogate.loss, (surrogate.nvil_state, metrics)
+
+
+def _fivo_surrogate(config, mc, params, nvil_state, sequences, rng, rho,
+                    min_survival, num_frames):
+  """APDR's `objective='fivo'`: the adaptive particle filter (`fivo.py`),
+  the model on FIVO, q on the filtering wake update (`estimator='rws'`).
+
+  Returns:
+    `(Surrogate, frames [T, batch*K, ...], extra metrics)`; `bound` is FIVO,
+    `elbo` the mean over particles of their own `sum_t w_t`.
+  """
+  with jax.named_scope("objective"):
+    weights = fivo.run_filter(
+        mc, params, sequences, rng, rho, config.num_samples,
+        threshold=config.get("fivo_resample_threshold", 0.5),
+        num_frames=num_frames, min_survival=min_survival,
+        detach_samples=True)
+    loss, bound = fivo.fivo_rws_loss(weights)
+  elbo = (weights.log_joint - weights.log_q).sum(0).mean()
+  resampled = weights.resampled.sum() / (sequences.shape[0] * num_frames)
+  surrogate = objectives.Surrogate(loss, bound.mean(), elbo, jnp.zeros(()),
+                                   nvil_state)
+  return surrogate, weights.frames, dict(resampled_fraction=resampled)
 
 
 def make_update_step(config, mesh, max_traces: int | None = None,

@@ -129,6 +129,12 @@ def get_config() -> ml_collections.ConfigDict:
   # scale; 'relax' adds a learned network trained on the variance.
   config.rebar_temperature = 0.5
   config.rebar_scale = 1.0
+  # 'iwae': each estimator's own bound (the ELBO for NVIL, REBAR, RELAX).
+  # 'fivo' (APDR with estimator='rws'): K particles resampled when their
+  # effective sample size falls below fivo_resample_threshold * K; the model
+  # on FIVO, q on the particles' filtering weights (apdr_jax/fivo.py).
+  config.objective = "iwae"
+  config.fivo_resample_threshold = 0.5
   config.nvil_decay = 0.9
   config.nvil_normalise = True  # divide the NVIL signal by its running std
 

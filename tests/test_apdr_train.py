@@ -92,6 +92,10 @@ def test_bad_apdr_config_values_raise_clear_errors():
     run_config.validate_config(_config(model_name="sqair2"))
   with pytest.raises(ConfigError, match="AIR only"):
     run_config.validate_config(_config(estimator="concrete"))
+  with pytest.raises(ConfigError, match="objective='fivo'"):
+    run_config.validate_config(_config(objective="fivo", estimator="vimco"))
+  with pytest.raises(ConfigError, match="objective="):
+    run_config.validate_config(_config(objective="elbo"))
   with pytest.raises(ConfigError, match="model.canvas"):
     config = _config()
     config.model.canvas = "max"
@@ -181,11 +185,13 @@ def test_steps_change_params_and_compile_once_per_stage():
   assert any(jax.tree.leaves(changed["air"]["rnn"]))
 
 
-@pytest.mark.parametrize("estimator", ["vimco", "rws"])
-def test_one_compile_serves_every_curriculum_stage(estimator):
+@pytest.mark.parametrize("overrides", [
+    dict(estimator="vimco"), dict(estimator="rws"),
+    dict(estimator="rws", objective="fivo")], ids=["vimco", "rws", "fivo"])
+def test_one_compile_serves_every_curriculum_stage(overrides):
   """The stage is a value of the step counter: three stages, one trace."""
   chex.clear_trace_counter()
-  config = _config(estimator=estimator, num_samples=2)
+  config = _config(num_samples=2, **overrides)
   config.curriculum_start_frames = 1
   config.curriculum_steps_per_frame = 1
   mesh = parallel.make_mesh(1)

@@ -50,10 +50,14 @@ def test_eight_devices_equal_one(estimator, num_samples):
                               rtol=2e-4, atol=2e-5)
 
 
-def test_eight_devices_equal_one_apdr():
-  """APDR with its default estimator, VIMCO (NVIL's path is the AIR test's)."""
+@pytest.mark.parametrize("overrides", [
+    dict(estimator="vimco"), dict(estimator="rws", objective="fivo")],
+    ids=["vimco", "fivo"])
+def test_eight_devices_equal_one_apdr(overrides):
+  """APDR with its default estimator, VIMCO (NVIL's path is the AIR test's),
+  and with FIVO's particle filter (resampling is per sequence)."""
   config = tiny_apdr.get_config()
-  config.update(estimator="vimco", num_samples=2)
+  config.update(num_samples=2, **overrides)
   one = _train_steps(config, 1)
   eight = _train_steps(config, 8)
   leaf = eight.params["prop_core"]["Dense_0"]["kernel"]
