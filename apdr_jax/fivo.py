@@ -60,14 +60,16 @@ def run_filter(config: apdr.APDRConfig, params, images: jax.Array,
                rng: jax.Array, rho: jax.Array, num_particles: int, *,
                threshold: float = 0.5, num_frames: jax.Array | None = None,
                min_survival: jax.Array | float = 0.0,
-               detach_samples: bool = True) -> FilterWeights:
+               detach_samples: bool = True,
+               remat: bool = False) -> FilterWeights:
   """Runs the adaptive filter over `images [batch, T, H, W]`.
 
   Keys: frame `t` proposes with `fold_in(rng, t)` and resamples with the
   `particle_filter` resampling stream, as `particle_filter.smc` does, so
   that with `threshold > 1` both draw the same particles. Frames at or after
   `num_frames` (a curriculum stage) are skipped: their weights are 0 and
-  they add nothing to the bound.
+  they add nothing to the bound. `remat` recomputes each frame in the
+  backward pass, as `apdr.log_weight_terms(remat=True)` does for training.
   """
   batch, total = images.shape[:2]
   k = num_particles
@@ -84,6 +86,11 @@ def run_filter(config: apdr.APDRConfig, params, images: jax.Array,
                                  rho, min_survival=min_survival,
                                  detach_samples=detach_samples)
     return carry, out
+
+  if remat:
+    read = jax.checkpoint(
+        read, policy=jax.checkpoint_policies.save_only_these_names(
+            "ink_anchor"))
 
   def skip(carry, image, gate, index):
     shapes = jax.eval_shape(read, carry, image, gate, index)[1]

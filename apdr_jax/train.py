@@ -185,7 +185,7 @@ def _fivo_surrogate(config, mc, params, nvil_state, sequences, rng, rho,
         mc, params, sequences, rng, rho, config.num_samples,
         threshold=config.get("fivo_resample_threshold", 0.5),
         num_frames=num_frames, min_survival=min_survival,
-        detach_samples=True)
+        detach_samples=True, remat=True)
     loss, bound = fivo.fivo_rws_loss(weights)
   elbo = (weights.log_joint - weights.log_q).sum(0).mean()
   resampled = weights.resampled.sum() / (sequences.shape[0] * num_frames)

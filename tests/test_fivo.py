@@ -122,3 +122,15 @@ def test_model_gradient_is_iwae_without_resampling_and_q_gets_the_wake_update(
   for got, want in ((got_model, want_model), (got_q, want_q)):
     np.testing.assert_allclose(got, want, rtol=1e-4,
                                atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_remat_changes_nothing(params, images):
+  def loss(p, remat):
+    return fivo.fivo_rws_loss(fivo.run_filter(
+        TINY, p, images, jax.random.key(2), RHO, K, threshold=0.5,
+        remat=remat))[0]
+  plain = jax.jit(jax.value_and_grad(lambda p: loss(p, False)))(params)
+  remat = jax.jit(jax.value_and_grad(lambda p: loss(p, True)))(params)
+  np.testing.assert_allclose(plain[0], remat[0], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(plain[1]), jax.tree.leaves(remat[1])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
