@@ -82,10 +82,10 @@ def tiny_apdr_run(tmp_path_factory):
   return _train_tiny(tmp_path_factory, "tiny_apdr")
 
 
-# The files whose APDR compiles take minutes, slowest first. Under
-# `pytest -n 2 --dist loadfile`, xdist would otherwise order files by their
-# number of tests, which put these few-test files last and left one worker
-# idle for the last minutes of a cold run.
+# The files whose APDR compiles take minutes, slowest first, so that they
+# are handed out first. (Under `--dist loadfile`, which the suite used until
+# worker crashes had to be rerun, xdist put these few-test files last and
+# left one worker idle for the last minutes of a cold run.)
 _SLOWEST_FILES = ("test_apdr_train.py", "test_multiprocess.py",
                   "test_parallel.py", "test_notebook.py", "test_apdr.py",
                   "test_launch.py")
