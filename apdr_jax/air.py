@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from apdr_jax import background as background_lib
 from apdr_jax import distributions as dist
 from apdr_jax import glimpse
 from apdr_jax import networks
@@ -67,10 +68,19 @@ class AIRConfig:
   # `run_config.model_config` for `estimator='relax'` only, so that every
   # other run keeps its parameter tree.
   relax_control: bool = False
+  # Notes §7's background component (`apdr_jax/background.py`): 'none' (no
+  # background, the parameters and log-weights of the model without it),
+  # 'mlp' or 'conv' (its decoder); how the objects are composed over it; and
+  # 0 (b = g(h^N)) or the size of its own latent with a prior.
+  background: str = "none"
+  background_compose: str = "over"
+  background_latent_dim: int = 0
 
   def __post_init__(self):
     if self.canvas not in CANVAS_RULES:
       raise ValueError(f"canvas={self.canvas!r}; use one of {CANVAS_RULES}")
+    background_lib.check(self.background, self.background_compose,
+                         self.background_latent_dim)
 
   @property
   def latent_dim(self) -> int:
@@ -105,6 +115,9 @@ class AIRNetworks(nn.Module):
       # Named to end in "baseline": it shares the baseline's learning rate
       # and gradient clipping (`optimizer`).
       self.relax_baseline = networks.MLP((c.mlp_size,), 1)
+    if c.background != "none":
+      self.background_net = background_lib.BackgroundNet(
+          c.background, c.canvas_size, c.mlp_size, c.background_latent_dim)
 
   def image_gates(self, images):
     """`[batch, H, W] -> [batch, 4*lstm]`, computed once per image."""
@@ -143,6 +156,10 @@ class AIRNetworks(nn.Module):
                               relaxed_presence[:, None]], -1)
     return self.relax_baseline(inputs)[:, 0]
 
+  def background_step(self, method, *args):
+    """Calls `BackgroundNet.<method>` (see `background.infer`)."""
+    return getattr(self.background_net, method)(*args)
+
   def __call__(self, images):
     """Touches every network once (used only by `init`)."""
     c = self.config
@@ -151,6 +168,8 @@ class AIRNetworks(nn.Module):
     latents = jnp.zeros((batch, c.latent_dim + c.context_dim))
     state = self.rnn_step(self.image_gates(images), latents, state)
     self.heads(state.hidden)
+    if c.background != "none":
+      self.background_net(state.hidden)
     self.baseline_value(state.hidden)
     if c.relax_control:
       self.relax_value(state.hidden, jnp.zeros((batch,)))
@@ -448,11 +467,30 @@ def composite(config: AIRConfig, drawings_sum: jax.Array) -> jax.Array:
 
 
 def log_likelihood(config: AIRConfig, images: jax.Array,
-                   canvas: jax.Array) -> jax.Array:
-  """log N(x | composite(canvas), std^2) summed over pixels, `[batch]`;
-  `canvas` is the objects' summed drawings (or already their composite)."""
-  return dist.normal_log_prob(images, composite(config, canvas),
+                   canvas: jax.Array,
+                   background: jax.Array | None = None) -> jax.Array:
+  """log N(x | mean, std^2) summed over pixels, `[batch]`; `canvas` is the
+  objects' summed drawings (or already their composite), and the mean is
+  their composite, over `background [batch, H, W]` when one is given."""
+  mean = composite(config, canvas)
+  if background is not None:
+    mean = background_lib.compose(config.background_compose, mean, background)
+  return dist.normal_log_prob(images, mean,
                               config.likelihood_std).sum((-2, -1))
+
+
+def infer_background(config: AIRConfig, params, slots: Slots, rng: jax.Array,
+                     *, deterministic: bool = False,
+                     detach_samples: bool = False):
+  """The background of each image (`background.infer`) from the LSTM's
+  output after the last slot; None when `config.background == 'none'`."""
+  if config.background == "none":
+    return None
+  apply_fn = lambda method, *args: _call(
+      config, params, AIRNetworks.background_step, method, *args)
+  return background_lib.infer(
+      apply_fn, config.background_latent_dim, slots.final_state.hidden, rng,
+      deterministic=deterministic, detach_samples=detach_samples)
 
 
 class LogWeightTerms(NamedTuple):
@@ -468,9 +506,11 @@ class LogWeightTerms(NamedTuple):
     log_likelihood: `[batch]`.
     kl: `[batch]`, `log q - log p` summed over slots (a one-sample KL estimate).
     slots: the sampled `Slots`.
-    canvas: `[batch, H, W]`, the reconstruction: `composite` of the drawings.
+    canvas: `[batch, H, W]`, the reconstruction: the mean of p(x | z), the
+      `composite` of the drawings (over the background, if any).
     log_q: `[batch]`, `log q(z, n | x)` of the sample, every decision and
       latent.
+    background: `[batch, H, W]`, the inferred background; zeros without one.
   """
   terms: jax.Array
   score_log_q: jax.Array
@@ -480,6 +520,7 @@ class LogWeightTerms(NamedTuple):
   slots: Slots
   canvas: jax.Array
   log_q: jax.Array
+  background: jax.Array
 
 
 def log_weight_terms(config: AIRConfig, params, images: jax.Array,
@@ -511,7 +552,9 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
     rebar_noise: keep the presence bits' uniforms (see `infer`).
 
   Returns:
-    `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`.
+    `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`. With a
+    background latent, its `log p - log q` is in the last column (every
+    presence decision influences it, through `h^N`), `kl` and `log_q`.
   """
   slots = infer(config, params, images, rng, image_gates=image_gates,
                 first_state=first_state, deterministic=deterministic,
@@ -519,15 +562,29 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
                 rebar_noise=rebar_noise)
   log_p_presence, log_p_z = prior_log_probs(config, slots, rho, temperature)
   canvas = composite(config, render_slots(config, params, slots))
-  log_lik = log_likelihood(config, images, canvas)
+  # A key of its own (`fold_in`), so that the objects' samples do not change.
+  back = infer_background(config, params, slots,
+                          jax.random.fold_in(rng, config.num_slots),
+                          deterministic=deterministic,
+                          detach_samples=detach_samples)
   slot_kl = slots.log_q_presence + slots.log_q_z - log_p_presence - log_p_z
-  terms = jnp.concatenate([-slot_kl, log_lik[:, None]], -1)
+  log_q = (slots.log_q_presence + slots.log_q_z).sum(-1)
+  kl = slot_kl.sum(-1)
+  if back is None:
+    log_lik = log_likelihood(config, images, canvas)
+    last_column, background = log_lik, jnp.zeros_like(canvas)
+  else:
+    log_lik = log_likelihood(config, images, canvas, back.image)
+    canvas = background_lib.compose(config.background_compose, canvas,
+                                    back.image)
+    last_column, background = log_lik + back.log_p_minus_log_q, back.image
+    kl, log_q = kl - back.log_p_minus_log_q, log_q + back.log_q
+  terms = jnp.concatenate([-slot_kl, last_column[:, None]], -1)
   score_log_q = jnp.pad(slots.log_q_presence, ((0, 0), (0, 1)))
   baseline = jnp.pad(baseline_values(config, params, slots.hidden),
                      ((0, 0), (0, 1)))
-  return LogWeightTerms(terms, score_log_q, baseline, log_lik,
-                        slot_kl.sum(-1), slots, canvas,
-                        (slots.log_q_presence + slots.log_q_z).sum(-1))
+  return LogWeightTerms(terms, score_log_q, baseline, log_lik, kl, slots,
+                        canvas, log_q, background)
 
 
 def baseline_values(config: AIRConfig, params, hidden: jax.Array) -> jax.Array:
@@ -549,7 +606,10 @@ def sample_prior(config: AIRConfig, params, rng: jax.Array, batch_size: int,
 
   Returns:
     (presence `[batch, N]`, z_where `[batch, N, 3]`, z_what `[batch, N, D]`,
-    canvas `[batch, H, W]`, the mean of p(x | z)).
+    canvas `[batch, H, W]`, the mean of p(x | z)). With a background
+    latent, the objects are composed over `g(z_bg)`, `z_bg` from its prior;
+    a background without a latent (`b = g(h^N)`) needs an image to infer
+    it, so the canvas then holds the objects only.
   """
   n_key, where_key, what_key = jax.random.split(rng, 3)
   shape = (batch_size, config.num_slots)
@@ -563,9 +623,16 @@ def sample_prior(config: AIRConfig, params, rng: jax.Array, batch_size: int,
                                where_scale)
   z_what = jax.random.normal(what_key, shape + (config.z_what_dim,))
   size = config.canvas_size
-  canvas = glimpse.render_sum(decode(config, params, z_what), z_where, presence,
-                              size, size)
-  return presence, z_where, z_what, composite(config, canvas)
+  canvas = composite(config, glimpse.render_sum(
+      decode(config, params, z_what), z_where, presence, size, size))
+  if config.background != "none" and config.background_latent_dim:
+    z_background = jax.random.normal(jax.random.fold_in(rng, 3), (
+        batch_size, config.background_latent_dim))
+    canvas = background_lib.compose(
+        config.background_compose, canvas,
+        _call(config, params, AIRNetworks.background_step, "decode",
+              z_background))
+  return presence, z_where, z_what, canvas
 
 
 def image_gates(config: AIRConfig, params, images: jax.Array) -> jax.Array:

@@ -51,9 +51,11 @@ class Controls(NamedTuple):
 
 
 def _fixed_parts(config: air.AIRConfig, params, images: jax.Array,
-                 slots: air.Slots, rho: jax.Array):
+                 slots: air.Slots, rho: jax.Array, background=None):
   """What every control variate holds fixed: per slot, the log-likelihood as
-  a function of its relaxed bit, and its presence term's two ends."""
+  a function of its relaxed bit (over the sample's background, held fixed),
+  and its presence term's two ends."""
+  background = None if background is None else sg(background)
   size = config.canvas_size
   drawings = jax.vmap(lambda g, w: glimpse.render(g, w, size, size),
                       in_axes=1, out_axes=1)(
@@ -68,7 +70,8 @@ def _fixed_parts(config: air.AIRConfig, params, images: jax.Array,
 
   def log_weight_part(s):  # s: [B, N] relaxed bits
     canvas = before + s[..., None, None] * drawings
-    like = jax.vmap(lambda c: air.log_likelihood(config, images, c),
+    like = jax.vmap(lambda c: air.log_likelihood(config, images, c,
+                                                 background),
                     in_axes=1, out_axes=1)(canvas)
     return sg(slots.active) * (s * present_term + (1 - s) * absent_term + like)
   return log_weight_part
@@ -76,7 +79,8 @@ def _fixed_parts(config: air.AIRConfig, params, images: jax.Array,
 
 def controls(config: air.AIRConfig, params, images: jax.Array,
              slots: air.Slots, rho: jax.Array, terms: jax.Array,
-             temperature: float, scale: float, relax: bool) -> Controls:
+             temperature: float, scale: float, relax: bool,
+             background: jax.Array | None = None) -> Controls:
   """REBAR's (or RELAX's) control variates for one sample per image.
 
   Args:
@@ -90,11 +94,14 @@ def controls(config: air.AIRConfig, params, images: jax.Array,
     temperature: the relaxation's temperature.
     scale: REBAR's `eta`, the weight of the relaxed log-weight.
     relax: add the learned network and its variance objective.
+    background: `[batch, H, W]`, the sample's background (None without
+      one); the controls hold it fixed.
 
   Returns:
     `Controls`.
   """
-  log_weight_part = _fixed_parts(config, params, images, slots, rho)
+  log_weight_part = _fixed_parts(config, params, images, slots, rho,
+                                 background)
   logits = relaxed.logit(slots.presence_prob)  # gradient to q
   noise = sg(slots.presence_noise)
 

@@ -22,7 +22,8 @@ def _decompose(model_config: air.AIRConfig, params, images):
                              jnp.asarray(0.5), deterministic=True)
   size = model_config.canvas_size
   boxes = glimpse.box_corners(out.slots.z_where, size, size)
-  return out.slots.presence, boxes, out.slots.z_where, out.canvas
+  return (out.slots.presence, boxes, out.slots.z_where, out.canvas,
+          out.background)
 
 
 def decompose(model_config: air.AIRConfig, params, images: np.ndarray,
@@ -38,16 +39,65 @@ def decompose(model_config: air.AIRConfig, params, images: np.ndarray,
   Returns:
     dict of numpy arrays: `counts [num]`, `presence [num, N]`,
     `boxes [num, N, 4]` (x_min, y_min, x_max, y_max in pixels),
-    `z_where [num, N, 3]`, `reconstructions [num, H, W]`.
+    `z_where [num, N, 3]`, `reconstructions [num, H, W]`; with a
+    background component also `backgrounds [num, H, W]`, the inferred ones.
   """
   parts = []
   for start in range(0, len(images), batch_size):
     chunk = images[start:start + batch_size]
     parts.append(jax.device_get(_decompose(model_config, params,
                                            jnp.asarray(chunk))))
-  presence, boxes, z_where, canvas = (np.concatenate(p) for p in zip(*parts))
-  return dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
-              boxes=boxes, z_where=z_where, reconstructions=canvas)
+  presence, boxes, z_where, canvas, backgrounds = (np.concatenate(p)
+                                                   for p in zip(*parts))
+  result = dict(counts=presence.sum(-1).astype(np.int32), presence=presence,
+                boxes=boxes, z_where=z_where, reconstructions=canvas)
+  if model_config.background != "none":
+    result["backgrounds"] = backgrounds
+  return result
+
+
+#: A pixel belongs to a digit when the digit layer recovered from the image
+#: and the true background is above this (the data's ink threshold).
+DIGIT_INK = 0.1
+
+
+def background_scores(images: np.ndarray, reconstructions: np.ndarray,
+                      true_backgrounds: np.ndarray,
+                      backgrounds: np.ndarray | None) -> dict:
+  """How well a model separates the background from the digits.
+
+  The data draw digits over their background, `x = d + (1 - d) * b`, so the
+  digit layer is `d = (x - b) / (1 - b)`; its ink pixels are `d > DIGIT_INK`.
+
+  Args:
+    images: `[num, H, W]` in [0, 1].
+    reconstructions: `[num, H, W]`, the model's mean of p(x | z).
+    true_backgrounds: `[num, H, W]` in [0, 1].
+    backgrounds: `[num, H, W]`, the inferred ones, or None (a model without
+      a background component: its background is 0).
+
+  Returns:
+    dict of floats: `reconstruction_mse` (per pixel); `background_mse`, the
+    inferred background's error per pixel, off the digits' ink (where the
+    background is visible); `background_ink_absorbed`, on the ink pixels,
+    the fraction of the digits' contrast `x - b` that the inferred
+    background reproduces (`clip(b_hat - b, 0, x - b)`): 0 when the
+    objects explain the digits, 1 when the background has swallowed them.
+  """
+  images = np.asarray(images, np.float64)
+  true_b = np.asarray(true_backgrounds, np.float64)
+  b_hat = (np.zeros_like(true_b) if backgrounds is None
+           else np.asarray(backgrounds, np.float64))
+  digits = (images - true_b) / np.maximum(1.0 - true_b, 1e-6)
+  ink = digits > DIGIT_INK
+  contrast = np.where(ink, images - true_b, 0.0)
+  absorbed = np.where(ink, np.clip(b_hat - true_b, 0.0, contrast), 0.0)
+  return dict(
+      reconstruction_mse=float(np.mean((images - reconstructions) ** 2)),
+      background_mse=float(np.sum(np.where(ink, 0.0, (b_hat - true_b) ** 2))
+                           / max(np.sum(~ink), 1)),
+      background_ink_absorbed=float(absorbed.sum() / max(contrast.sum(),
+                                                         1e-9)))
 
 
 def count_accuracy(predicted: np.ndarray, true: np.ndarray) -> dict:

@@ -65,7 +65,8 @@ def load_data(config):
     `(train, test)` dicts (the training arrays are read-only memory maps of
     the cache file): scenes (`images [n, H, W]`, `counts`, `boxes`) or,
     with `data.kind='sequences'`, sequences (`images [n, T, H, W]`,
-    `counts [n, T]`, `boxes`, `ids`, `presence`). With
+    `counts [n, T]`, `boxes`, `ids`, `presence`), and `backgrounds` unless
+    `data.background` is 'black' (see `data.backgrounds`). With
     `data.train_enter_leave_fraction > 0` (sequences, `enter_leave=False`),
     that fraction of the training sequences has digits entering and leaving.
   """
@@ -76,7 +77,8 @@ def load_data(config):
                   min_digits=d.min_digits, max_digits=d.max_digits,
                   overlap=d.overlap, source=d.source, seed=d.seed,
                   speed_min=d.speed_min, speed_max=d.speed_max,
-                  velocity_noise=d.velocity_noise, enter_leave=d.enter_leave)
+                  velocity_noise=d.velocity_noise, enter_leave=d.enter_leave,
+                  background_pan=d.get("background_pan", 0.0))
     load, recipe, count = (data.load_sequences, data.SequenceRecipe,
                            "num_sequences")
   else:
@@ -84,6 +86,13 @@ def load_data(config):
                   max_digits=d.max_digits, overlap=d.overlap,
                   max_iou=d.max_iou, source=d.source, seed=d.seed)
     load, recipe, count = data.load_scenes, data.SceneRecipe, "num_scenes"
+    if d.get("background_pan", 0.0):
+      raise ConfigError(f"data.background_pan={d.background_pan} moves a "
+                        "sequence's background; static scenes (data.kind="
+                        "'scenes') have none to move: leave it 0")
+  common.update(background=d.get("background", "black"),
+                background_varies=d.get("background_varies", False),
+                background_intensity=d.get("background_intensity", 0.5))
   splits = {"train": dict(common), "test": dict(common)}
   train_mix = d.get("train_enter_leave_fraction", 0.0)
   if train_mix > 0:

@@ -35,8 +35,9 @@ def draw_boxes(image: np.ndarray, boxes: np.ndarray, presence: np.ndarray,
 
 
 def reconstruction_grid(images, reconstructions, boxes, presence,
-                        zoom: int = 4) -> Image.Image:
-  """Rows of (input with boxes, reconstruction) pairs.
+                        zoom: int = 4, backgrounds=None) -> Image.Image:
+  """Rows of (input with boxes, reconstruction) pairs; with `backgrounds`,
+  (input with boxes, inferred background, reconstruction) triples.
 
   Args:
     images: `[num, H, W]` in [0, 1].
@@ -44,25 +45,32 @@ def reconstruction_grid(images, reconstructions, boxes, presence,
     boxes: `[num, N, 4]`.
     presence: `[num, N]`.
     zoom: integer upscaling.
+    backgrounds: optional `[num, H, W]`, a background model's inference.
   """
   num, height, width = images.shape
   cols = min(num, 8)
-  rows = 2 * ((num + cols - 1) // cols)
+  rows_per = 2 if backgrounds is None else 3
+  rows = rows_per * ((num + cols - 1) // cols)
   tile_h, tile_w = height * zoom + 2, width * zoom + 2
   grid = Image.new("RGB", (cols * tile_w, rows * tile_h), (40, 40, 40))
   for i in range(num):
-    r, c = 2 * (i // cols), i % cols
+    r, c = rows_per * (i // cols), i % cols
     grid.paste(draw_boxes(images[i], boxes[i], presence[i], zoom=zoom),
                (c * tile_w, r * tile_h))
-    grid.paste(_to_rgb(reconstructions[i], zoom), (c * tile_w, (r + 1) * tile_h))
+    if backgrounds is not None:
+      grid.paste(_to_rgb(backgrounds[i], zoom), (c * tile_w, (r + 1) * tile_h))
+    grid.paste(_to_rgb(reconstructions[i], zoom),
+               (c * tile_w, (r + rows_per - 1) * tile_h))
   return grid
 
 
 def save_reconstructions(path: str, images, reconstructions, boxes, presence,
-                         zoom: int = 4) -> None:
+                         backgrounds=None, zoom: int = 4) -> None:
   """Writes `reconstruction_grid(...)` as a PNG."""
-  reconstruction_grid(np.asarray(images), np.asarray(reconstructions),
-                      np.asarray(boxes), np.asarray(presence), zoom).save(path)
+  reconstruction_grid(
+      np.asarray(images), np.asarray(reconstructions), np.asarray(boxes),
+      np.asarray(presence), zoom,
+      None if backgrounds is None else np.asarray(backgrounds)).save(path)
 
 
 def sequence_frames(images, reconstructions, boxes, presence, ids,

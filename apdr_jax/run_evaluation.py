@@ -62,6 +62,11 @@ def final_evaluation(config, params, test, workdir, is_writer=True,
   images = data.to_float(test["images"][:num])
   decomposed = evaluation.decompose(mc, params, images, config.eval_batch_size)
   result = evaluation.count_accuracy(decomposed["counts"], test["counts"][:num])
+  if "backgrounds" in test:
+    result.update(evaluation.background_scores(
+        images, decomposed["reconstructions"],
+        data.to_float(test["backgrounds"][:num]),
+        decomposed.get("backgrounds")))
   result.update(evaluation.bounds(
       mc, params, images, jax.random.key(config.seed + 1),
       rho=float(run_config.rho_at(config, config.num_steps)),
@@ -74,8 +79,12 @@ def final_evaluation(config, params, test, workdir, is_writer=True,
     plotting.save_reconstructions(
         os.path.join(workdir, "reconstructions.png"), images[:16],
         decomposed["reconstructions"][:16], decomposed["boxes"][:16],
-        decomposed["presence"][:16])
+        decomposed["presence"][:16], _first(decomposed.get("backgrounds")))
   return result
+
+
+def _first(array, num: int = 16):
+  return None if array is None else array[:num]
 
 
 def _counts_and_tracking(decomposed, test, num: int,

@@ -89,7 +89,8 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
     control = air_control.controls(
         mc, params, tile(images), out.slots, rho, out.terms,
         config.get("rebar_temperature", 0.5), config.get("rebar_scale", 1.0),
-        relax=config.estimator == "relax")
+        relax=config.estimator == "relax",
+        background=None if mc.background == "none" else out.background)
     surrogate = objectives.rebar(out.terms, out.score_log_q,
                                  _pad_column(control.at_z),
                                  _pad_column(control.at_z_tilde),

