@@ -24,12 +24,14 @@ import jax.numpy as jnp
 from apdr_jax import background as background_lib
 from apdr_jax import distributions as dist
 from apdr_jax import glimpse
+from apdr_jax import glimpse_nets
 from apdr_jax import networks
 from apdr_jax import rebar
 from apdr_jax import relaxed
 
 
 CANVAS_RULES = ("sum", "clip")
+GLIMPSE_NETS = ("mlp", "conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,12 +77,22 @@ class AIRConfig:
   background: str = "none"
   background_compose: str = "over"
   background_latent_dim: int = 0
+  # The side at which the background is decoded, then resized to the
+  # canvas (0 = the canvas's): a coarse one cannot draw the digits.
+  background_resolution: int = 0
+  # The objects' glimpse encoder and decoder: 'mlp' (the notes) or 'conv'
+  # (`glimpse_nets`, for textured data).
+  glimpse_net: str = "mlp"
 
   def __post_init__(self):
+    if self.glimpse_net not in GLIMPSE_NETS:
+      raise ValueError(f"glimpse_net={self.glimpse_net!r}; use one of "
+                       f"{GLIMPSE_NETS}")
     if self.canvas not in CANVAS_RULES:
       raise ValueError(f"canvas={self.canvas!r}; use one of {CANVAS_RULES}")
     background_lib.check(self.background, self.background_compose,
-                         self.background_latent_dim)
+                         self.background_latent_dim,
+                         self.background_resolution, self.canvas_size)
 
   @property
   def latent_dim(self) -> int:
@@ -106,10 +118,16 @@ class AIRNetworks(nn.Module):
         bias_init=nn.initializers.constant(math.log(p / (1.0 - p))))
     self.where_head = networks.GaussianHead(
         3, scale_bias=_inverse_softplus(c.where_scale_init))
-    self.what_encoder = networks.GaussianHead(
-        c.z_what_dim, hidden_sizes=(c.mlp_size,), scale_bias=0.0)
-    self.decoder = networks.MLP((c.mlp_size,), c.glimpse_size ** 2,
-                                output_bias_init=c.decoder_bias)
+    if c.glimpse_net == "conv":
+      self.what_encoder = glimpse_nets.ConvEncoder(
+          c.z_what_dim, c.glimpse_size, c.mlp_size)
+      self.decoder = glimpse_nets.ConvDecoder(c.glimpse_size, c.mlp_size,
+                                              c.decoder_bias)
+    else:
+      self.what_encoder = networks.GaussianHead(
+          c.z_what_dim, hidden_sizes=(c.mlp_size,), scale_bias=0.0)
+      self.decoder = networks.MLP((c.mlp_size,), c.glimpse_size ** 2,
+                                  output_bias_init=c.decoder_bias)
     self.baseline = networks.MLP((c.mlp_size,), 1)
     if c.relax_control:
       # Named to end in "baseline": it shares the baseline's learning rate
@@ -117,7 +135,8 @@ class AIRNetworks(nn.Module):
       self.relax_baseline = networks.MLP((c.mlp_size,), 1)
     if c.background != "none":
       self.background_net = background_lib.BackgroundNet(
-          c.background, c.canvas_size, c.mlp_size, c.background_latent_dim)
+          c.background, c.canvas_size, c.mlp_size, c.background_latent_dim,
+          c.background_resolution)
 
   def image_gates(self, images):
     """`[batch, H, W] -> [batch, 4*lstm]`, computed once per image."""
@@ -237,7 +256,8 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
           deterministic: bool = False,
           detach_samples: bool = False,
           temperature: jax.Array | None = None,
-          rebar_noise: bool = False) -> Slots:
+          rebar_noise: bool = False,
+          min_presence: jax.Array | None = None) -> Slots:
   """Samples the slots from q(z, n | x) with a masked scan over `N` steps.
 
   Args:
@@ -268,6 +288,9 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
       differentiable; training only (`estimator='concrete'`).
     rebar_noise: draw each presence bit as `rebar.from_noise` does (the same
       Bernoulli) and keep its uniforms in `presence_noise` (REBAR, RELAX).
+    min_presence: scalar `f`: q's presence probability is `f + (1 - f) p`
+      (a warm-up that keeps objects drawn; q is that distribution, so the
+      bound stays a bound, and the head keeps its gradient).
 
   Returns:
     `Slots`, each field `[batch, N, ...]`.
@@ -292,6 +315,9 @@ def infer(config: AIRConfig, params, images: jax.Array, rng: jax.Array, *,
     where_key, what_key, presence_key = jax.random.split(key, 3)
     prob, (where_loc, where_scale) = _call(config, params, AIRNetworks.heads,
                                            state.hidden)
+    if min_presence is not None:
+      # A mixture, not a max: the presence head keeps its gradient.
+      prob = min_presence + (1.0 - min_presence) * prob
     active = prev_presence * (index < max_steps)
     presence_logit = jnp.zeros_like(prob)
     presence_noise = jnp.zeros(prob.shape + (2,), prob.dtype)
@@ -481,16 +507,24 @@ def log_likelihood(config: AIRConfig, images: jax.Array,
 
 def infer_background(config: AIRConfig, params, slots: Slots, rng: jax.Array,
                      *, deterministic: bool = False,
-                     detach_samples: bool = False):
+                     detach_samples: bool = False,
+                     background_detail: jax.Array | None = None):
   """The background of each image (`background.infer`) from the LSTM's
-  output after the last slot; None when `config.background == 'none'`."""
+  output after the last slot; None when `config.background == 'none'`.
+  With `background_detail` (a scalar in [0, 1]) the background is
+  `w * b + (1 - w) * mean(b)`, its spatial mean where `w = 0` (a warm-up)."""
   if config.background == "none":
     return None
   apply_fn = lambda method, *args: _call(
       config, params, AIRNetworks.background_step, method, *args)
-  return background_lib.infer(
+  back = background_lib.infer(
       apply_fn, config.background_latent_dim, slots.final_state.hidden, rng,
       deterministic=deterministic, detach_samples=detach_samples)
+  if background_detail is not None:
+    flat = back.image.mean((-2, -1), keepdims=True)
+    back = back._replace(image=background_detail * back.image +
+                         (1.0 - background_detail) * flat)
+  return back
 
 
 class LogWeightTerms(NamedTuple):
@@ -530,7 +564,10 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
                      deterministic: bool = False,
                      detach_samples: bool = False,
                      temperature: jax.Array | None = None,
-                     rebar_noise: bool = False) -> LogWeightTerms:
+                     rebar_noise: bool = False,
+                     min_presence: jax.Array | None = None,
+                     background_detail: jax.Array | None = None
+                     ) -> LogWeightTerms:
   """Samples q once per image and returns its log-weight, term by term.
 
   Args:
@@ -550,6 +587,9 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
       those weights. They equal the discrete terms wherever the relaxed
       presence is in {0, 1}, the limit as the temperature goes to 0.
     rebar_noise: keep the presence bits' uniforms (see `infer`).
+    min_presence: floor on q's presence probability (see `infer`).
+    background_detail: the background's detail weight (see
+      `infer_background`).
 
   Returns:
     `LogWeightTerms`; `terms.sum(-1)` is the log-weight `[batch]`. With a
@@ -559,14 +599,15 @@ def log_weight_terms(config: AIRConfig, params, images: jax.Array,
   slots = infer(config, params, images, rng, image_gates=image_gates,
                 first_state=first_state, deterministic=deterministic,
                 detach_samples=detach_samples, temperature=temperature,
-                rebar_noise=rebar_noise)
+                rebar_noise=rebar_noise, min_presence=min_presence)
   log_p_presence, log_p_z = prior_log_probs(config, slots, rho, temperature)
   canvas = composite(config, render_slots(config, params, slots))
   # A key of its own (`fold_in`), so that the objects' samples do not change.
   back = infer_background(config, params, slots,
                           jax.random.fold_in(rng, config.num_slots),
                           deterministic=deterministic,
-                          detach_samples=detach_samples)
+                          detach_samples=detach_samples,
+                          background_detail=background_detail)
   slot_kl = slots.log_q_presence + slots.log_q_z - log_p_presence - log_p_z
   log_q = (slots.log_q_presence + slots.log_q_z).sum(-1)
   kl = slot_kl.sum(-1)

@@ -47,8 +47,13 @@ _OUTPUT_BIAS = -3.0
 _CONV_CHANNELS = 32
 
 
-def check(kind: str, compose: str, latent_dim: int) -> None:
+def check(kind: str, compose: str, latent_dim: int, resolution: int = 0,
+          canvas_size: int = 0) -> None:
   """Raises `ValueError` naming the field for a bad background setting."""
+  if (not isinstance(resolution, int) or isinstance(resolution, bool)
+      or not 0 <= resolution <= max(canvas_size, 1)):
+    raise ValueError(f"background_resolution={resolution!r}; use an integer "
+                     f"in 0..canvas_size ({canvas_size}); 0 = the canvas's")
   if kind not in KINDS:
     raise ValueError(f"background={kind!r}; use one of {KINDS}")
   if compose not in COMPOSE_RULES:
@@ -68,17 +73,21 @@ class BackgroundNet(nn.Module):
     canvas_size: `H = W`.
     hidden_size: the MLP's hidden width.
     latent_dim: 0 (deterministic) or the size of `z_bg`.
+    resolution: the side at which `b` is decoded, then resized (bilinear) to
+      the canvas; 0 = the canvas's. A coarse background can draw smooth
+      fields but not strokes, so it cannot take the digits from the objects.
   """
   kind: str
   canvas_size: int
   hidden_size: int
   latent_dim: int = 0
+  resolution: int = 0
 
   def setup(self):
     if self.latent_dim:
       self.posterior = networks.GaussianHead(
           self.latent_dim, hidden_sizes=(self.hidden_size,), scale_bias=0.0)
-    size = self.canvas_size
+    size = self.resolution or self.canvas_size
     if self.kind == "mlp":
       self.decoder = networks.MLP((self.hidden_size,), size * size,
                                   output_bias_init=_OUTPUT_BIAS)
@@ -96,7 +105,7 @@ class BackgroundNet(nn.Module):
 
   def decode(self, code):
     """`[batch, F] -> [batch, H, W]` in (0, 1)."""
-    size = self.canvas_size
+    size = self.resolution or self.canvas_size
     if self.kind == "mlp":
       logits = self.decoder(code).reshape(code.shape[0], size, size)
     else:
@@ -105,7 +114,14 @@ class BackgroundNet(nn.Module):
           code.shape[0], side, side, _CONV_CHANNELS)
       x = self.up2(nn.relu(self.up1(x)))
       logits = x[:, :size, :size, 0]
-    return jax.nn.sigmoid(logits)
+    background = jax.nn.sigmoid(logits)
+    if size != self.canvas_size:
+      # Intensities, not logits, are interpolated: a sigmoid after the
+      # resize would turn a coarse logit map into sharp-edged shapes.
+      background = jax.image.resize(
+          background, (code.shape[0], self.canvas_size, self.canvas_size),
+          "bilinear")
+    return background
 
   def __call__(self, hidden):
     """Touches every network once (used only by `init`)."""

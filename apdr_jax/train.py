@@ -43,7 +43,8 @@ class NonFiniteLossError(ApdrError, FloatingPointError):
 
 
 def loss_and_metrics(config, params, nvil_state, images, rng, rho,
-                     min_survival=0.0, num_frames=None, temperature=None):
+                     min_survival=0.0, num_frames=None, temperature=None,
+                     background_detail=None):
   """The surrogate loss for one batch and the scalars to log.
 
   Args:
@@ -53,11 +54,14 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
     images: `[batch, H, W]` float32 in [0, 1].
     rng: key for the `K` samples.
     rho: scalar presence prior.
-    min_survival: APDR only, the floor on q's survival probability.
+    min_survival: APDR: the floor on q's survival probability; AIR (with
+      `presence_warmup_steps`): the floor on q's presence probability.
     num_frames: APDR only, optional int32 scalar: read the first
       `num_frames` frames (a curriculum stage; all when None).
     temperature: AIR with `estimator='concrete'` only: the relaxation's
       temperature (the schedule's start when None).
+    background_detail: AIR with a background: 0 during its warm-up (a flat
+      background, see `air.infer_background`), 1 after; None: no warm-up.
 
   Returns:
     `(loss, (new_nvil_state, metrics))`.
@@ -84,7 +88,10 @@ def loss_and_metrics(config, params, nvil_state, images, rng, rho,
                              image_gates=tile(gates),
                              first_state=jax.tree.map(tile, first_state),
                              detach_samples=config.estimator == "rws",
-                             temperature=temperature, rebar_noise=rebar_like)
+                             temperature=temperature, rebar_noise=rebar_like,
+                             min_presence=(min_survival if config.get(
+                                 "presence_warmup_steps", 0) else None),
+                             background_detail=background_detail)
   if rebar_like:
     control = air_control.controls(
         mc, params, tile(images), out.slots, rho, out.terms,
@@ -238,10 +245,24 @@ def make_update_step(config, mesh, max_traces: int | None = None,
     # APDR's warm-up: objects may not be forgotten until tracking is learnt.
     min_survival = jnp.where(
         state.step < config.get("survival_warmup_steps", 0), 0.999, 0.0)
+    if not run_config.is_sequential(config):
+      # AIR's: objects are drawn often enough for the decoder to learn the
+      # digits before presence is decided on them (backgrounds).
+      min_survival = jnp.where(
+          state.step < config.get("presence_warmup_steps", 0),
+          config.get("presence_warmup_floor", 0.0), 0.0)
+    background_detail = None
+    if (config.model.get("background", "none") != "none"
+        and config.get("background_warmup_steps", 0)):
+      # A flat background (its spatial mean) until the objects have learnt
+      # the digits; the whole background after.
+      background_detail = (state.step >= config.background_warmup_steps
+                           ).astype(jnp.float32)
     grad_fn = jax.value_and_grad(loss_and_metrics, argnums=1, has_aux=True)
     (loss, (nvil, metrics)), grads = grad_fn(config, state.params, state.nvil,
                                             images, sample_key, rho,
-                                            min_survival, frames, temperature)
+                                            min_survival, frames, temperature,
+                                            background_detail)
     with jax.named_scope("optimizer"):
       grads, grad_norm, baseline_grad_norm = clip_by_group_norm(
           grads, config.grad_clip_norm)

@@ -70,6 +70,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.background = "none"
   config.model.background_compose = "over"
   config.model.background_latent_dim = 0
+  config.model.background_resolution = 0  # decoded at this side; 0 = canvas
+  # The objects' glimpse encoder and decoder: 'mlp' (the notes) or 'conv'.
+  config.model.glimpse_net = "mlp"
 
   # APDR only (model_name='apdr'); `model` above configures its discovery
   # (AIR) and the shared decoder.
@@ -116,6 +119,15 @@ def get_config() -> ml_collections.ConfigDict:
   # APDR: for this many steps q's survival probability is at least 0.999, so
   # propagation learns to track before forgetting can win (0 = no warm-up).
   config.survival_warmup_steps = 0
+  # AIR: for this many steps q's presence probability is at least
+  # presence_warmup_floor, so that objects are drawn (and the decoder learns
+  # the digits) before the presence decision can drop them (0 = off).
+  config.presence_warmup_steps = 0
+  config.presence_warmup_floor = 0.5
+  # AIR with model.background: for this many steps the background is flat
+  # (its spatial mean), so that it cannot take the digits from the objects
+  # before they have learnt them (0 = off).
+  config.background_warmup_steps = 0
   # An AIR workdir (same `model` fields) whose networks initialise APDR's
   # discovery and decoder ('' = from scratch); used only for a fresh run.
   config.init_air_from = ""

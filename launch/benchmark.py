@@ -49,6 +49,9 @@ _OUT = flags.DEFINE_string("out", "benchmark.json", "Where the JSON goes.")
 _AIR_CONFIG = config_flags.DEFINE_config_file(
     "air_config", None, "Optional AIR config to run beside an APDR one.")
 _EVAL = flags.DEFINE_bool("eval", False, "APDR: also time the evaluation.")
+_GLIMPSE_NETS = flags.DEFINE_list(
+    "glimpse_nets", [], "Time each estimator once per model.glimpse_net "
+    "listed (e.g. mlp,conv), parameter counts beside; empty: the config's.")
 _PARAMS_FROM = flags.DEFINE_string(
     "params_from", "", "A workdir of --config's model: time its trained "
     "state on the config's training data (and --eval on held-out data).")
@@ -66,6 +69,19 @@ def _device_peak_mb(jax):
   stats = jax.devices()[0].memory_stats() or {}
   peak = stats.get("peak_bytes_in_use")
   return None if peak is None else peak / 2**20
+
+
+def _parameter_counts(params) -> dict:
+  """Parameters in all, in the objects' glimpse encoder and decoder, and in
+  the background component (AIR's, or APDR's discovery's)."""
+  import jax
+  count = lambda tree: sum(int(x.size) for x in jax.tree.leaves(tree))
+  air_params = params.get("air", params)
+  return dict(
+      num_params=count(params),
+      glimpse_net_params=count([air_params.get("what_encoder"),
+                                air_params.get("decoder")]),
+      background_params=count(air_params.get("background_net")))
 
 
 def benchmark_training(config, steps, repeats, params_from=""):
@@ -131,6 +147,9 @@ def benchmark_training(config, steps, repeats, params_from=""):
   compile_s, rates = timed(update)
   unit = "sequences" if sequential else "images"
   result = dict(model=config.model_name, unit=unit,
+              glimpse_net=config.model.get("glimpse_net", "mlp"),
+              background=config.model.get("background", "none"),
+              **_parameter_counts(state.params),
               estimator=config.estimator, num_samples=config.num_samples,
               batch_size=config.batch_size, canvas=size,
               num_slots=config.model.num_slots,
@@ -276,17 +295,24 @@ def main(argv):
   if _AIR_CONFIG.value is not None:
     configs.append(_AIR_CONFIG.value)
   for index, base in enumerate(configs):
-    for spec in _ESTIMATORS.value:
+    variants = [(spec, net) for spec in _ESTIMATORS.value
+                for net in (_GLIMPSE_NETS.value or [None])]
+    for spec, net in variants:
       estimator, k = spec.split(":")
       config = base.copy_and_resolve_references()
       config.estimator, config.num_samples = estimator, int(k)
+      if net is not None:
+        config.model.glimpse_net = net
       run = benchmark_training(
           config, _STEPS.value, _REPEATS.value,
           _PARAMS_FROM.value if index == 0 else "")
       run["peak_rss_mb"] = _peak_rss_mb()
       run["device_peak_mb"] = _device_peak_mb(jax)
       report["runs"].append(run)
-      print(f"{config.model_name} {estimator} K={k}: "
+      print(f"{config.model_name} {estimator} K={k} "
+            f"glimpse_net={run['glimpse_net']} "
+            f"({run['glimpse_net_params']:,} of {run['num_params']:,} "
+            f"parameters): "
             f"{run['images_per_second']:.1f} {run['unit']}/s, "
             f"{run['frame_samples_per_second']:.0f} frame-samples/s, "
             f"compile {run['compile_seconds']:.1f} s, "

@@ -1,7 +1,7 @@
 r"""Compares finished AIR runs side by side: one markdown row per workdir.
 
   python -m launch.compare --workdirs=runs/air_concrete_s0,runs/air_rebar_s0 \
-      [--target=0.98]
+      [--target=0.98] [--table=backgrounds]
 
 Each row reads the workdir's `config.json`, `metrics.jsonl` and
 `final_metrics.json`: estimator and K, seed, held-out count accuracy (all,
@@ -24,6 +24,11 @@ from apdr_jax.errors import ApdrError
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Finished AIR workdirs.",
                               required=True)
 _TARGET = flags.DEFINE_float("target", 0.98, "Count accuracy for 'steps to'.")
+_TABLE = flags.DEFINE_enum(
+    "table", "estimators", ["estimators", "backgrounds"],
+    "Which columns: the estimator study's, or the background study's (data "
+    "and model background, reconstruction and background errors, the ink "
+    "the background absorbs).")
 
 HEADER = ("| workdir | estimator | K | seed | count accuracy | 0 / 1 / 2 digits | "
           "over / under | IWAE | ELBO | steps to {target:.0%} | training | "
@@ -76,11 +81,49 @@ def row(workdir: str, target: float) -> str:
           f"| {statistics.median(speeds) if speeds else 0:,.0f} |")
 
 
+BACKGROUND_HEADER = (
+    "| workdir | data background | model background | seed | count accuracy "
+    "| over / under | IWAE | ELBO | reconstruction MSE | background MSE | "
+    "ink absorbed | training |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    "---|")
+
+
+def background_row(workdir: str) -> str:
+  """The background study's markdown row of one finished AIR workdir."""
+  config = _read_json(os.path.join(workdir, "config.json"))
+  final = _read_json(os.path.join(workdir, "final_metrics.json"))
+  data, model = config["data"], config["model"]
+  level = data.get("background", "black")
+  if level != "black":
+    level += (f" ({data.get('background_intensity', 0.5):g}, "
+              f"{'per image' if data.get('background_varies') else 'fixed'})")
+  component = model.get("background", "none")
+  if component != "none":
+    component += f", {model.get('background_compose', 'over')}"
+    if model.get("background_latent_dim", 0):
+      component += f", z_bg {model['background_latent_dim']}"
+  number = lambda key, fmt: format(final[key], fmt) if key in final else "-"
+  return (f"| {os.path.basename(workdir.rstrip('/'))} | {level} | {component} "
+          f"| {config['seed']} | {100 * final['count_accuracy']:.1f}% "
+          f"| {_percent(final, 'over_count')} / "
+          f"{_percent(final, 'under_count')} "
+          f"| {final['iwae']:.1f} | {final['elbo']:.1f} "
+          f"| {number('reconstruction_mse', '.4f')} "
+          f"| {number('background_mse', '.4f')} "
+          f"| {number('background_ink_absorbed', '.3f')} "
+          f"| {final['train_seconds']:.0f} s |")
+
+
 def main(argv):
   del argv
   with common.user_errors():
-    rows = [row(workdir, _TARGET.value) for workdir in _WORKDIRS.value]
-  print(HEADER.format(target=_TARGET.value))
+    if _TABLE.value == "backgrounds":
+      header = BACKGROUND_HEADER
+      rows = [background_row(workdir) for workdir in _WORKDIRS.value]
+    else:
+      header = HEADER.format(target=_TARGET.value)
+      rows = [row(workdir, _TARGET.value) for workdir in _WORKDIRS.value]
+  print(header)
   print("\n".join(rows))
 
 

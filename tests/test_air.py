@@ -286,3 +286,25 @@ def test_shared_first_state_equals_the_generic_first_step():
   a = infer(TINY, params, images, jax.random.key(1), first_state=shared)
   b = infer(TINY, params, images, jax.random.key(1), initial_state=learned)
   chex.assert_trees_all_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_conv_glimpse_networks_keep_the_interface_and_the_initial_canvas():
+  """`glimpse_net='conv'`: same shapes in and out as the MLPs, the decoder
+  starts at sigmoid(decoder_bias) everywhere (small weights aside), and
+  inference and the log-weight run unchanged around them."""
+  conv = dataclasses.replace(TINY, glimpse_net="conv", glimpse_size=8)
+  params = init_params(conv, jax.random.key(0))
+  assert "Conv_0" in params["what_encoder"]
+  assert "ConvTranspose_0" in params["decoder"]
+  z_what = jax.random.normal(jax.random.key(1), (2, 5, conv.z_what_dim))
+  glimpses = air.decode(conv, params, z_what)
+  chex.assert_shape(glimpses, (2, 5, 8, 8))
+  assert np.all(np.asarray(glimpses) > 0) and np.all(np.asarray(glimpses) < 1)
+  loc, scale = air._call(conv, params, air.AIRNetworks.encode,
+                         jnp.zeros((3, 64)))
+  chex.assert_shape((loc, scale), (3, conv.z_what_dim))
+  out = log_weight_terms(conv, params, _images(4), jax.random.key(2), 0.1)
+  chex.assert_shape(out.terms, (4, conv.num_slots + 1))
+  assert np.all(np.isfinite(np.asarray(out.terms)))
+  with pytest.raises(ValueError, match="glimpse_net"):
+    air.AIRConfig(glimpse_net="resnet")

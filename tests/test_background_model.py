@@ -24,6 +24,7 @@ log_weight_terms = jax.jit(air.log_weight_terms, static_argnums=0,
 MLP = dataclasses.replace(TINY, background="mlp")
 CONV = dataclasses.replace(TINY, background="conv")
 LATENT = dataclasses.replace(TINY, background="mlp", background_latent_dim=4)
+COARSE = dataclasses.replace(TINY, background="conv", background_resolution=5)
 
 
 def _with_background(config):
@@ -47,8 +48,8 @@ def test_none_keeps_the_parameters_and_the_log_weight_of_the_plain_model():
   np.testing.assert_array_equal(out.background, 0.0)
 
 
-@pytest.mark.parametrize("config", [MLP, CONV, LATENT],
-                         ids=["mlp", "conv", "latent"])
+@pytest.mark.parametrize("config", [MLP, CONV, LATENT, COARSE],
+                         ids=["mlp", "conv", "latent", "coarse"])
 def test_background_leaves_the_objects_and_adds_its_own_terms(config):
   """With the object networks shared, a background model samples the same
   objects (its key is folded in) with the same slot terms; its likelihood is
@@ -95,6 +96,26 @@ def test_background_leaves_the_objects_and_adds_its_own_terms(config):
   np.testing.assert_allclose(extra_log_q, log_q, rtol=1e-4, atol=1e-4)
   np.testing.assert_allclose(out.kl - ref.kl, log_q - log_p, rtol=1e-4,
                              atol=1e-4)
+
+
+def test_a_coarse_background_is_decoded_small_then_resized():
+  """`background_resolution=r`: the decoder draws `r x r` intensities, and
+  `b` is their bilinear resize to the canvas (checked against
+  `jax.image.resize` of the MLP's own output), so it has no detail finer
+  than the grid (a resize of logits would, through the sigmoid)."""
+  config = dataclasses.replace(TINY, background="mlp", background_resolution=4)
+  params = air.init_params(config, jax.random.key(0))
+  assert params["background_net"]["decoder"]["Dense_1"]["bias"].shape == (16,)
+  hidden = jax.random.normal(jax.random.key(1), (3, TINY.lstm_size))
+  net = background_lib.BackgroundNet("mlp", 16, TINY.mlp_size, 0, 4)
+  back = net.apply({"params": params["background_net"]}, hidden,
+                   method=net.decode)
+  logits = net.apply({"params": params["background_net"]}, hidden,
+                     method=lambda m, h: m.decoder(h)).reshape(3, 4, 4)
+  expected = jax.image.resize(jax.nn.sigmoid(logits), (3, 16, 16), "bilinear")
+  np.testing.assert_allclose(back, expected, rtol=1e-6)
+  with pytest.raises(ValueError, match="background_resolution"):
+    dataclasses.replace(config, background_resolution=17)
 
 
 def test_additive_composition_against_a_reference_density():
@@ -226,3 +247,47 @@ def test_background_scores_in_closed_form():
   np.testing.assert_allclose(none["background_ink_absorbed"], 0.0)
   np.testing.assert_allclose(none["reconstruction_mse"],
                              np.mean(images ** 2))
+
+
+def test_presence_floor_is_a_mixture_that_keeps_the_gradient():
+  """`min_presence=f`: q's presence probability is `f + (1 - f) p`, and the
+  log-weight's presence terms are those of that q (scipy's Bernoulli)."""
+  params = air.init_params(TINY, jax.random.key(0))
+  images = _images(64)
+  plain = jax.jit(air.infer, static_argnums=0)(TINY, params, images,
+                                               jax.random.key(3))
+  floored = jax.jit(air.infer, static_argnums=0)(
+      TINY, params, images, jax.random.key(3), min_presence=0.5)
+  # Slot 0 reads the image alone (later slots read the sampled latents,
+  # which the floor changes).
+  np.testing.assert_allclose(floored.presence_prob[:, 0],
+                             0.5 + 0.5 * plain.presence_prob[:, 0], rtol=1e-6)
+  active = np.asarray(floored.active) > 0
+  expected = stats.bernoulli.logpmf(np.asarray(floored.presence),
+                                    np.asarray(floored.presence_prob))
+  np.testing.assert_allclose(np.asarray(floored.log_q_presence)[active],
+                             expected[active], rtol=1e-5, atol=1e-6)
+
+  def mean_prob(p):
+    return air.infer(TINY, p, images, jax.random.key(3),
+                     min_presence=0.9).presence_prob.mean()
+  grad = jax.grad(mean_prob)(params)["presence_head"]["bias"]
+  assert np.abs(np.asarray(grad)).sum() > 0
+
+
+def test_background_detail_weight_flattens_the_background():
+  """`background_detail=0`: the background is its own spatial mean (flat);
+  1: the decoder's; in between, the mixture."""
+  params, _ = _with_background(MLP)
+  slots = jax.jit(air.infer, static_argnums=0)(MLP, params, _images(3),
+                                               jax.random.key(1))
+  key = jax.random.key(0)
+  full = air.infer_background(MLP, params, slots, key).image
+  flat = air.infer_background(MLP, params, slots, key,
+                              background_detail=jnp.float32(0)).image
+  half = air.infer_background(MLP, params, slots, key,
+                              background_detail=jnp.float32(0.5)).image
+  np.testing.assert_allclose(flat, np.broadcast_to(
+      np.asarray(full).mean((1, 2), keepdims=True), full.shape), rtol=1e-6)
+  np.testing.assert_allclose(half, 0.5 * (np.asarray(full) + flat), rtol=1e-5)
+  assert np.asarray(full).std(axis=(1, 2)).min() > 0

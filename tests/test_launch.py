@@ -105,3 +105,50 @@ def test_compare_tabulates_finished_runs(workdir, tmp_path):
              env_cache=str(tmp_path / "cache"))
   assert bad.returncode == 2 and "Traceback" not in bad.stderr
   assert len(bad.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def background_workdir(tmp_path_factory):
+  """The tiny run on digits over per-image smooth fields, with an MLP
+  background component."""
+  path = tmp_path_factory.mktemp("tiny_background_run")
+  config = tiny.get_config()
+  config.num_devices = 1
+  config.data.background = "smooth"
+  config.data.background_varies = True
+  config.model.background = "mlp"
+  train.train_and_evaluate(config, str(path))
+  return str(path)
+
+
+def test_background_runs_report_and_draw_the_background(background_workdir,
+                                                         tmp_path):
+  from PIL import Image
+  from launch import evaluate
+  final = json.loads(open(os.path.join(background_workdir,
+                                       "final_metrics.json")).read())
+  for key in ("reconstruction_mse", "background_mse",
+              "background_ink_absorbed"):
+    assert np.isfinite(final[key]), key
+  # Input, inferred background, reconstruction: three rows of 34 px tiles
+  # (32 px at zoom 4 plus a border) per 8 scenes.
+  picture = Image.open(os.path.join(background_workdir, "reconstructions.png"))
+  assert picture.size[1] == 3 * 2 * (32 * 4 + 2)
+  images = (np.random.default_rng(0).random((3, 32, 32)) * 255).astype(
+      np.uint8)
+  np.save(tmp_path / "mine.npy", images)
+  result = evaluate.run(background_workdir, str(tmp_path / "mine.npy"),
+                        str(tmp_path / "mine.json"), 3, 40)
+  assert [len(e["boxes"]) for e in result["images"]] == [
+      e["count"] for e in result["images"]]
+  assert Image.open(result["picture"]).size[1] == 3 * (32 * 4 + 2)
+  held_out = evaluate.run(background_workdir, None, str(tmp_path / "e.json"),
+                          3, 40)
+  assert np.isfinite(held_out["background_mse"])
+  table = _run("launch.compare", f"--workdirs={background_workdir}",
+               "--table=backgrounds", env_cache=str(tmp_path / "cache"))
+  assert table.returncode == 0, table.stderr
+  cells = [c.strip() for c in
+           table.stdout.strip().splitlines()[2].strip("|").split("|")]
+  assert cells[1:3] == ["smooth (0.5, per image)", "mlp, over"]
+  assert cells[9] == f"{final['background_mse']:.4f}"

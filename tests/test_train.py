@@ -187,3 +187,30 @@ def test_a_corrupt_checkpoint_is_set_aside_or_a_clear_error(tmp_path, capfd):
                                     target) == (None, None)
   assert "checkpoints/2 is damaged" in capfd.readouterr().err
   assert len(os.listdir(workdir / "damaged_checkpoints")) == 1
+
+
+@pytest.mark.parametrize("estimator,num_samples", [("nvil", 1), ("rebar", 1),
+                                                  ("rws", 2)])
+def test_background_warm_ups_cross_their_end_without_retracing(
+    estimator, num_samples):
+  """AIR with a background and both warm-ups (flat background, presence
+  floor): steps before and after the warm-ups' end run under one trace, and
+  every background weight moves."""
+  chex.clear_trace_counter()
+  config = _config(estimator=estimator, num_samples=num_samples,
+                   background_warmup_steps=2, presence_warmup_steps=2)
+  config.model.background = "mlp"
+  config.model.background_resolution = 4
+  mesh = parallel.make_mesh(1)
+  state = jax.device_put(train.create_train_state(config, jax.random.key(0)),
+                         parallel.replicated(mesh))
+  before = jax.tree.map(np.asarray, state.params["background_net"])
+  update = train.make_update_step(config, mesh, max_traces=1)
+  images = input_pipeline.place_train_streams(np.asarray(_train_images(config)),
+                                              config.batch_size, mesh)
+  for _ in range(4):
+    state, metrics = update(state, images, jax.random.key(1))
+  assert int(state.step) == 4 and np.isfinite(metrics["loss"])
+  moved = jax.tree.map(lambda a, b: not np.allclose(a, b), before,
+                       jax.device_get(state.params["background_net"]))
+  assert all(jax.tree.leaves(moved))
