@@ -291,3 +291,46 @@ def test_background_detail_weight_flattens_the_background():
       np.asarray(full).mean((1, 2), keepdims=True), full.shape), rtol=1e-6)
   np.testing.assert_allclose(half, 0.5 * (np.asarray(full) + flat), rtol=1e-5)
   assert np.asarray(full).std(axis=(1, 2)).min() > 0
+
+
+# --- APDR: one background per frame ------------------------------------------
+
+
+def test_apdr_frames_compose_the_objects_over_their_background():
+  """APDR with `model.background`: every frame's likelihood is scipy's density
+  at the same objects' canvas composed over the frame's background (a decoder
+  held at a fixed image B here), and with a background latent the terms still
+  add up to `log_likelihood - kl`."""
+  from apdr_jax import apdr
+  from test_apdr import TINY as APDR_TINY
+  from test_apdr import _sequences
+  with_bg = dataclasses.replace(
+      APDR_TINY, air=dataclasses.replace(APDR_TINY.air, background="mlp"))
+  plain_params = apdr.init_params(APDR_TINY, jax.random.key(0))
+  net = apdr.init_params(with_bg, jax.random.key(0))["air"]["background_net"]
+  net = jax.tree.map(lambda x: x, net)
+  logits = jax.random.normal(jax.random.key(5), (16, 16))
+  net["decoder"]["Dense_1"]["kernel"] = jnp.zeros_like(
+      net["decoder"]["Dense_1"]["kernel"])
+  net["decoder"]["Dense_1"]["bias"] = logits.reshape(-1)
+  params = {**plain_params,
+            "air": {**plain_params["air"], "background_net": net}}
+  sequences = _sequences(3, 4)
+  run = jax.jit(lambda c, p: apdr.log_weight_terms(
+      c, p, sequences, jax.random.key(1), 0.3, with_canvas=True),
+      static_argnums=0)
+  plain, out = run(APDR_TINY, plain_params), run(with_bg, params)
+  np.testing.assert_allclose(out.frames.z_where, plain.frames.z_where)
+  back = np.asarray(jax.nn.sigmoid(logits))
+  objects = np.asarray(plain.frames.canvas)
+  mean = objects + (1 - np.minimum(objects, 1)) * back
+  np.testing.assert_allclose(out.frames.canvas, mean, rtol=1e-5, atol=1e-6)
+  expected = stats.norm.logpdf(np.asarray(sequences), mean,
+                               APDR_TINY.air.likelihood_std).sum((-2, -1))
+  np.testing.assert_allclose(out.frames.log_likelihood, expected, rtol=1e-5)
+  latent = dataclasses.replace(
+      APDR_TINY, air=dataclasses.replace(APDR_TINY.air, background="mlp",
+                                         background_latent_dim=2))
+  out = run(latent, apdr.init_params(latent, jax.random.key(2)))
+  np.testing.assert_allclose(out.terms.sum(-1), out.log_likelihood - out.kl,
+                             rtol=1e-5, atol=1e-3)

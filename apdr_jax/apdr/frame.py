@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from apdr_jax import air
+from apdr_jax import background as background_lib
 from apdr_jax import glimpse
 from apdr_jax.apdr.config import APDRConfig
 from apdr_jax.apdr.networks import APDRNetworks
@@ -59,7 +60,8 @@ class FrameOutputs(NamedTuple):
 
   Attributes:
     terms: `[batch, 2N + 1]`: per propagation slot and per discovery slot
-      `log p - log q` of its decision and latents, then `log p(x_t | z_t)`.
+      `log p - log q` of its decision and latents, then `log p(x_t | z_t)`
+      (plus the background latent's `log p - log q`, if it has one).
     score_log_q: `[batch, 2N + 1]`, log q of each presence decision (0 for
       the likelihood column).
     baseline: `[batch, 2N + 1]`, NVIL's baseline per decision.
@@ -68,7 +70,8 @@ class FrameOutputs(NamedTuple):
     objects: the frame's compacted `Objects` (without the prior state).
     num_propagated: `[batch]`, `k_t`.
     num_discovered: `[batch]`, `n_t`.
-    canvas: `[batch, H, W]` or None, the reconstruction (`air.composite`).
+    canvas: `[batch, H, W]` or None, the reconstruction (`air.composite`,
+      over the frame's background with `model.background`).
     q_survival: `[batch, N]`, q's survival probability of each previous
       object (before a warm-up floor; 0 for empty slots).
     prior_survival: `[batch, N]`, the prior's (0 for empty slots).
@@ -158,12 +161,26 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
     # Every present object of both phases (absent slots weigh 0).
     canvas = air.composite(a, prop_canvas + render(disc.z_what, disc.z_where,
                                                     disc.presence))
-    log_lik = air.log_likelihood(a, image, canvas)
+    # The frame's background (`model.background`): from discovery's last
+    # LSTM output, which has read the frame's residual and, through its
+    # initial state and context, the propagated objects and the past.
+    back = air.infer_background(a, params["air"], disc,
+                                jax.random.fold_in(disc_key, a.num_slots),
+                                deterministic=deterministic,
+                                detach_samples=detach_samples)
+    log_lik = air.log_likelihood(a, image, canvas,
+                                 None if back is None else back.image)
   prop_kl = (prop.log_q_presence + prop.log_q_z - prop.log_p_presence -
              prop.log_p_z)
   disc_kl = (disc.log_q_presence + disc.log_q_z - disc_log_p_presence -
              disc_log_p_z)
-  terms = jnp.concatenate([-prop_kl, -disc_kl, log_lik[:, None]], 1)
+  last_column, back_log_p, back_log_q = log_lik, 0.0, 0.0
+  if back is not None:
+    canvas = background_lib.compose(a.background_compose, canvas, back.image)
+    last_column = log_lik + back.log_p_minus_log_q
+    back_log_q = back.log_q
+    back_log_p = back.log_p_minus_log_q + back.log_q
+  terms = jnp.concatenate([-prop_kl, -disc_kl, last_column[:, None]], 1)
   score_log_q = jnp.concatenate([prop.log_q_presence, disc.log_q_presence,
                                  jnp.zeros_like(log_lik)[:, None]], 1)
   disc_baseline = air.baseline_values(a, params["air"], disc.hidden)
@@ -176,11 +193,12 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
                     carry.next_id + num_discovered.astype(jnp.int32))
   outputs = FrameOutputs(
       terms, score_log_q, baseline, log_lik,
-      prop_kl.sum(-1) + disc_kl.sum(-1), objects.z_where, objects.presence,
+      prop_kl.sum(-1) + disc_kl.sum(-1) + back_log_q - back_log_p,
+      objects.z_where, objects.presence,
       objects.ids, num_propagated, num_discovered,
       canvas if with_canvas else None, prop.q_survival, prop.prior_survival,
-      log_lik + (prop.log_p_presence + prop.log_p_z + disc_log_p_presence +
-                 disc_log_p_z).sum(-1),
+      log_lik + back_log_p + (prop.log_p_presence + prop.log_p_z +
+                              disc_log_p_presence + disc_log_p_z).sum(-1),
       (prop.log_q_presence + prop.log_q_z + disc.log_q_presence +
-       disc.log_q_z).sum(-1))
+       disc.log_q_z).sum(-1) + back_log_q)
   return new_carry, outputs
