@@ -86,8 +86,9 @@ class Model:
     Returns:
       dict of numpy arrays: `counts [num]`, `presence [num, N]`,
       `boxes [num, N, 4]` (x0, y0, x1, y1 in pixels),
-      `reconstructions [num, H, W]`; APDR adds a frame axis after `num` and
-      `ids [num, T, N]` (-1 where absent).
+      `reconstructions [num, H, W]`; AIR with a background component adds
+      `backgrounds [num, H, W]`, the inferred backgrounds; APDR adds a frame
+      axis after `num` and `ids [num, T, N]` (-1 where absent).
     """
     x = self._check(x)
     if not self.is_sequential:

@@ -99,6 +99,8 @@ def background_row(workdir: str) -> str:
               f"{'per image' if data.get('background_varies') else 'fixed'})")
   component = model.get("background", "none")
   if component != "none":
+    side = model.get("background_resolution", 0)
+    component += f" {side}x{side}" if side else ""
     component += f", {model.get('background_compose', 'over')}"
     if model.get("background_latent_dim", 0):
       component += f", z_bg {model['background_latent_dim']}"

@@ -142,6 +142,9 @@ def test_background_runs_report_and_draw_the_background(background_workdir,
   assert [len(e["boxes"]) for e in result["images"]] == [
       e["count"] for e in result["images"]]
   assert Image.open(result["picture"]).size[1] == 3 * (32 * 4 + 2)
+  import apdr_jax
+  decomposed = apdr_jax.load(background_workdir).decompose(images)
+  assert decomposed["backgrounds"].shape == (3, 32, 32)
   held_out = evaluate.run(background_workdir, None, str(tmp_path / "e.json"),
                           3, 40)
   assert np.isfinite(held_out["background_mse"])
