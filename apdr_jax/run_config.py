@@ -237,6 +237,24 @@ def _check_types(config) -> None:
       raise ConfigError(f"{path}={value} must be >= {minimum}")
 
 
+def _check_unknown(config) -> None:
+  """`ConfigError` for a top-level or `data` field the project does not read
+  (a typo, or a field since removed), instead of ignoring it silently."""
+  known = {path.split(".")[0] for path, _, _ in _FIELDS}
+  known |= {"data", "model", "apdr"}
+  data_known = {path[len("data."):] for path, _, _ in _FIELDS
+                if path.startswith("data.")}
+  for where, keys, allowed in (("config", config.keys(), known),
+                               ("config.data", config.data.keys(),
+                                data_known)):
+    unknown = sorted(set(keys) - allowed)
+    if unknown:
+      raise ConfigError(
+          f"unknown {where} fields: {unknown} (a typo, or a field no longer "
+          f"read; remove it, also from a workdir's config.json); see "
+          f"configs/default.py")
+
+
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises `ConfigError` naming the first bad value.
 
@@ -251,8 +269,21 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f"a run config is an ml_collections.ConfigDict, got "
                       f"{type(config).__name__}")
   _check_types(config)
+  _check_unknown(config)
   need(config.model_name in MODELS,
        f"model_name={config.model_name!r}; use one of {MODELS}")
+  floor = config.get("presence_warmup_floor", 0.5)
+  need(0.0 <= floor < 1.0,
+       f"presence_warmup_floor={floor} must be in [0, 1)")
+  need(not config.get("presence_warmup_steps", 0) or
+       config.model_name != "apdr",
+       "presence_warmup_steps applies to AIR (model_name='air'); APDR's "
+       "warm-up is survival_warmup_steps")
+  need(not config.get("background_warmup_steps", 0) or (
+      config.model.get("background", "none") != "none"
+      and config.model_name != "apdr"),
+       "background_warmup_steps applies to AIR with a background component "
+       "(model.background='mlp' or 'conv')")
   need(config.data.get("kind", "scenes") in DATA_KINDS,
        f"data.kind={config.data.get('kind')!r}; use one of {DATA_KINDS}")
   need(not is_sequential(config) or config.data.kind == "sequences",

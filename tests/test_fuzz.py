@@ -619,3 +619,19 @@ def test_train_bad_config_flags(launcher_results, name):
   workdir = root / name
   assert not workdir.exists() or not any(workdir.iterdir()), (
       f"launch.train wrote {sorted(os.listdir(workdir))} before failing")
+
+
+@pytest.mark.parametrize("edit,match", [
+    (lambda t: t.update(learning_rat=1e-3),
+     r"unknown config fields: \['learning_rat'\]"),
+    (lambda t: t["data"].update(backgroud="grey"),
+     r"unknown config.data fields: \['backgroud'\]"),
+    (lambda t: t.update(presence_warmup_floor=1.0), "presence_warmup_floor=1.0"),
+    (lambda t: t.update(background_warmup_steps=10),
+     "background_warmup_steps applies to AIR with a background"),
+])
+def test_unknown_fields_and_background_warm_ups_are_named(edit, match):
+  tree = tiny.get_config().to_dict()
+  edit(tree)
+  with pytest.raises(ConfigError, match=match):
+    run_config.validate_config(ml_collections.ConfigDict(tree))
