@@ -104,6 +104,8 @@ def background_row(workdir: str) -> str:
     component += f", {model.get('background_compose', 'over')}"
     if model.get("background_latent_dim", 0):
       component += f", z_bg {model['background_latent_dim']}"
+  if model.get("glimpse_net", "mlp") != "mlp":
+    component += f"; {model['glimpse_net']} glimpse networks"
   number = lambda key, fmt: format(final[key], fmt) if key in final else "-"
   return (f"| {os.path.basename(workdir.rstrip('/'))} | {level} | {component} "
           f"| {config['seed']} | {100 * final['count_accuracy']:.1f}% "
