@@ -24,11 +24,21 @@ Time on the 2-core CPU: about 5 minutes of training (20k steps) plus the
 final evaluation.
 """
 
-from configs import air_multi_mnist
+from configs import default
 
 
 def get_config():
-  config = air_multi_mnist.get_config()
+  config = default.get_config()
+  # configs/air_multi_mnist.py's data, prior and schedule.
+  config.data.overlap = "none"
+  config.rho_start = 1e-5
+  config.rho_end = 1e-5
+  config.learning_rate = 3e-4
+  config.baseline_learning_rate = 3e-3
+  config.lr_schedule = "cosine"
+  config.lr_final_fraction = 0.0
+  config.model.image_rank = 128
+  # The background: data over photographs, the component and its warm-ups.
   config.data.background = "texture"
   config.data.background_varies = True
   config.model.background = "mlp"
