@@ -17,14 +17,6 @@ from apdr_jax.errors import ConfigError, DataError
 SCENES = data.SceneRecipe(num_scenes=20, seed=3)
 SEQUENCES = data.SequenceRecipe(num_sequences=4, num_frames=5, seed=3)
 NON_BLACK = tuple(level for level in bg.LEVELS if level != "black")
-HAS_TEXTURES = all(importlib.util.find_spec(package) is not None
-                   for package, _ in bg.TEXTURE_FILES)
-needs_textures = pytest.mark.skipif(
-    not HAS_TEXTURES, reason="scikit-learn and matplotlib hold the photographs")
-
-
-def _levels():
-  return bg.LEVELS if HAS_TEXTURES else bg.LEVELS[:-1]
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +79,6 @@ def test_non_black_json_names_the_background():
 @pytest.mark.parametrize("level", bg.LEVELS)
 @pytest.mark.parametrize("frames,pan", [(None, 0.0), (4, 0.0), (4, -1.5)])
 def test_shapes_ranges_and_determinism(level, frames, pan):
-  if level == "texture" and not HAS_TEXTURES:
-    pytest.skip("no texture photographs")
   one = _draw(level, num_frames=frames, pan=pan)
   two = _draw(level, num_frames=frames, pan=pan)
   shape = (12, 50, 50) if frames is None else (12, frames, 50, 50)
@@ -117,15 +107,12 @@ def test_graded_statistics():
 
 @pytest.mark.parametrize("level", NON_BLACK)
 def test_varies_or_fixed(level):
-  if level == "texture" and not HAS_TEXTURES:
-    pytest.skip("no texture photographs")
   fixed = _draw(level, varies=False, num=5)
   assert all(np.array_equal(fixed[0], x) for x in fixed[1:])
   varying = _draw(level, varies=True, num=5)
   assert not any(np.array_equal(varying[0], x) for x in varying[1:])
 
 
-@needs_textures
 def test_texture_train_and_test_crops_are_disjoint(monkeypatch):
   images = bg._texture_images()  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
@@ -195,7 +182,7 @@ def test_compose():
 # ------------------------------------------------------------------ recipes
 
 
-@pytest.mark.parametrize("level", _levels())
+@pytest.mark.parametrize("level", bg.LEVELS)
 def test_recipes_keep_their_digits_on_every_background(bank, level):
   for recipe, generate in ((SCENES, data.generate_scenes),
                            (SEQUENCES, data.generate_sequences)):
