@@ -2,7 +2,6 @@
 
 import dataclasses
 import hashlib
-import importlib.util
 import os
 
 import ml_collections
