@@ -250,7 +250,7 @@ def make_update_step(config, mesh, max_traces: int | None = None,
       # digits before presence is decided on them (backgrounds).
       min_survival = jnp.where(
           state.step < config.get("presence_warmup_steps", 0),
-          config.get("presence_warmup_floor", 0.0), 0.0)
+          config.get("presence_warmup_floor", 0.5), 0.0)
     background_detail = None
     if (config.model.get("background", "none") != "none"
         and config.get("background_warmup_steps", 0)):
