@@ -7,8 +7,6 @@ are drop-in replacements with the MLPs' inputs, outputs and initial biases.
 """
 
 import flax.linen as nn
-import jax
-import jax.numpy as jnp
 
 from apdr_jax import networks
 

@@ -21,6 +21,7 @@ from apdr_jax import glimpse
 from apdr_jax import objectives
 from apdr_jax import particle_filter
 from apdr_jax import tracking
+from apdr_jax import tracking_motmetrics
 
 
 def is_apdr(model_config) -> bool:
@@ -383,7 +384,7 @@ def tracking_scores(decomposed: dict, test: dict, num: int,
                                                  "id_switches")})
   if with_motmetrics:
     try:
-      summary = _numbers(tracking.motmetrics_summary(*args, **centre))
+      summary = _numbers(tracking_motmetrics.motmetrics_summary(*args, **centre))
     except ImportError:
       summary = {}
     result.update({f"motmetrics_{k}": v for k, v in summary.items()})

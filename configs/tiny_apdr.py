@@ -22,6 +22,9 @@ def get_config():
   config.model.mlp_size = 16
   config.apdr.hidden_size = 12
   config.apdr.relation_size = 8
+  # One step of each kind: the ink anchor runs, at half its compile time.
+  config.apdr.ink_tracking_steps = 1
+  config.apdr.ink_fit_steps = 1
   config.estimator = "vimco"
   config.num_samples = 2
   config.batch_size = 8

