@@ -68,6 +68,9 @@ class AIRConfig:
   # The side at which the background is decoded, then resized to the
   # canvas (0 = the canvas's): a coarse one cannot draw the digits.
   background_resolution: int = 0
+  # A learned full-resolution image added to the background in logit space,
+  # shared by every scene: a background fixed across the data in full detail.
+  background_static: bool = False
   # The objects' glimpse encoder and decoder: 'mlp' (the notes) or 'conv'
   # (`glimpse_nets`, for textured data).
   glimpse_net: str = "mlp"
@@ -80,7 +83,8 @@ class AIRConfig:
       raise ValueError(f"canvas={self.canvas!r}; use one of {CANVAS_RULES}")
     background_lib.check(self.background, self.background_compose,
                          self.background_latent_dim,
-                         self.background_resolution, self.canvas_size)
+                         self.background_resolution, self.canvas_size,
+                         self.background_static)
 
   @property
   def latent_dim(self) -> int:
@@ -124,7 +128,7 @@ class AIRNetworks(nn.Module):
     if c.background != "none":
       self.background_net = background_lib.BackgroundNet(
           c.background, c.canvas_size, c.mlp_size, c.background_latent_dim,
-          c.background_resolution)
+          c.background_resolution, c.background_static)
 
   def image_gates(self, images):
     """`[batch, H, W] -> [batch, 4*lstm]`, computed once per image."""

@@ -19,6 +19,14 @@ Two ways to get `b` from `h^N`:
   Its `log p - log q` joins the log-weight, so the bound is a bound on the
   marginal likelihood of a proper generative model.
 
+With `background_static`, `b` also has a full-resolution part that is a
+parameter of the model rather than a function of the image:
+`b = sigmoid(logit(b_coarse) + s)`, `s [H, W]` learned (starting at 0, where
+`b = b_coarse`). One image shared by all scenes cannot draw their digits
+(they move), but it can draw a background that every scene shares in full
+detail, which a coarse `b_coarse` cannot (docs/backgrounds.md: on one fixed
+photograph the objects took its detail and every scene was over-counted).
+
 Composition of the objects' canvas `c` (their `air.composite`) with `b`:
 
 * `'over'`: objects occlude the background through their drawn intensity,
@@ -45,11 +53,16 @@ COMPOSE_RULES = ("over", "add")
 # that on black data the component starts close to today's model.
 _OUTPUT_BIAS = -3.0
 _CONV_CHANNELS = 32
+# With `static`: the coarse part's intensities are clipped to
+# [_CLIP, 1 - _CLIP] before their logit (sigmoid(-3) = 0.05 at the start).
+_CLIP = 1e-4
 
 
 def check(kind: str, compose: str, latent_dim: int, resolution: int = 0,
-          canvas_size: int = 0) -> None:
+          canvas_size: int = 0, static: bool = False) -> None:
   """Raises `ValueError` naming the field for a bad background setting."""
+  if not isinstance(static, bool):
+    raise ValueError(f"background_static={static!r}; use True or False")
   if (not isinstance(resolution, int) or isinstance(resolution, bool)
       or not 0 <= resolution <= max(canvas_size, 1)):
     raise ValueError(f"background_resolution={resolution!r}; use an integer "
@@ -76,14 +89,20 @@ class BackgroundNet(nn.Module):
     resolution: the side at which `b` is decoded, then resized (bilinear) to
       the canvas; 0 = the canvas's. A coarse background can draw smooth
       fields but not strokes, so it cannot take the digits from the objects.
+    static: add a learned full-resolution logit map shared by all images.
   """
   kind: str
   canvas_size: int
   hidden_size: int
   latent_dim: int = 0
   resolution: int = 0
+  static: bool = False
 
   def setup(self):
+    if self.static:
+      self.static_logit = self.param(
+          "static_logit", nn.initializers.zeros,
+          (self.canvas_size, self.canvas_size))
     if self.latent_dim:
       self.posterior = networks.GaussianHead(
           self.latent_dim, hidden_sizes=(self.hidden_size,), scale_bias=0.0)
@@ -121,6 +140,12 @@ class BackgroundNet(nn.Module):
       background = jax.image.resize(
           background, (code.shape[0], self.canvas_size, self.canvas_size),
           "bilinear")
+    if self.static:
+      # In logit space, so that b stays in (0, 1); the clip keeps the logit
+      # finite where the coarse part saturates.
+      coarse = jnp.clip(background, _CLIP, 1.0 - _CLIP)
+      background = jax.nn.sigmoid(jnp.log(coarse) - jnp.log1p(-coarse) +
+                                  self.static_logit)
     return background
 
   def __call__(self, hidden):

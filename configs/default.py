@@ -71,6 +71,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.model.background_compose = "over"
   config.model.background_latent_dim = 0
   config.model.background_resolution = 0  # decoded at this side; 0 = canvas
+  # True: plus a learned full-resolution image shared by all scenes (for a
+  # background fixed across the data; docs/backgrounds.md).
+  config.model.background_static = False
   # The objects' glimpse encoder and decoder: 'mlp' (the notes) or 'conv'.
   config.model.glimpse_net = "mlp"
 

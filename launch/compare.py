@@ -102,6 +102,8 @@ def background_row(workdir: str) -> str:
     side = model.get("background_resolution", 0)
     component += f" {side}x{side}" if side else ""
     component += f", {model.get('background_compose', 'over')}"
+    if model.get("background_static", False):
+      component += ", static image"
     if model.get("background_latent_dim", 0):
       component += f", z_bg {model['background_latent_dim']}"
   if model.get("glimpse_net", "mlp") != "mlp":

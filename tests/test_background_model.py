@@ -117,6 +117,36 @@ def test_a_coarse_background_is_decoded_small_then_resized():
     dataclasses.replace(config, background_resolution=17)
 
 
+def test_a_static_image_shifts_the_background_in_logit_space():
+  """`background_static`: `b = sigmoid(logit(b_coarse) + s)` per pixel
+  (scipy's logit and expit), `s` a learned `[H, W]` parameter that starts at
+  0, where `b` is the coarse background; without it there is no `s`."""
+  from scipy import special
+  config = dataclasses.replace(TINY, background="mlp", background_resolution=4,
+                               background_static=True)
+  params = air.init_params(config, jax.random.key(0))
+  static = params["background_net"]["static_logit"]
+  chex.assert_shape(static, (16, 16))
+  np.testing.assert_array_equal(static, 0.0)
+  without = air.init_params(dataclasses.replace(config, background_static=False),
+                            jax.random.key(0))
+  assert "static_logit" not in without["background_net"]
+  hidden = jax.random.normal(jax.random.key(1), (3, TINY.lstm_size))
+  decode = lambda p, c: background_lib.BackgroundNet(
+      "mlp", 16, TINY.mlp_size, 0, 4, c).apply(
+          {"params": p}, hidden, method="decode")
+  coarse = np.asarray(decode(without["background_net"], False), np.float64)
+  np.testing.assert_allclose(decode(params["background_net"], True), coarse,
+                             rtol=1e-5)
+  shift = np.asarray(jax.random.normal(jax.random.key(2), (16, 16)))
+  moved = {**params["background_net"], "static_logit": jnp.asarray(shift)}
+  np.testing.assert_allclose(decode(moved, True),
+                             special.expit(special.logit(coarse) + shift),
+                             rtol=1e-4, atol=1e-6)
+  with pytest.raises(ValueError, match="background_static"):
+    dataclasses.replace(config, background_static=1)
+
+
 def test_additive_composition_against_a_reference_density():
   config = dataclasses.replace(MLP, background_compose="add")
   images, objects = np.asarray(_images(3)), 1.4 * np.asarray(_images(3, seed=1))

@@ -134,6 +134,21 @@ def test_texture_train_and_test_crops_are_disjoint(monkeypatch):
       background="texture", background_varies=True), *data.load_bank(
           "sprites", "test", sprite_size=12))
   assert seen == ["test"] * SCENES.num_scenes
+  # One fixed background per dataset: both splits share the training crop,
+  # and those recipes have a key of their own.
+  seen.clear()
+  fixed = {}
+  for split in ("train", "test"):
+    recipe = dataclasses.replace(
+        SCENES, split=split, source="sprites", digit_size=12,
+        background="texture", background_varies=False)
+    fixed[split] = data.generate_scenes(recipe, *data.load_bank(
+        "sprites", split, sprite_size=12))["backgrounds"]
+    assert '"background_version": 2' in recipe.to_json()
+  assert seen == ["train", "train"]
+  np.testing.assert_array_equal(fixed["train"], fixed["test"])
+  assert "background_version" not in dataclasses.replace(
+      SCENES, background="texture", background_varies=True).to_json()
   with pytest.raises(ConfigError, match="background_pan"):
     _draw("texture", split="test", num_frames=10, pan=8.0)
 

@@ -19,7 +19,9 @@ Levels, from easiest to hardest (:data:`LEVELS`):
   crops from the right 25%, so held-out data show texture never trained on.
 
 With ``varies=False`` one background is drawn per dataset and shared by every
-image (or sequence); with ``varies=True`` each gets its own. A sequence's
+image (or sequence) of both splits, as behind a fixed camera: held-out scenes
+show the background trained on, with new digits (for ``texture``, a crop of
+the training region); with ``varies=True`` each gets its own. A sequence's
 background is the same in every frame, or, with ``pan != 0``, a window that
 slides by ``pan`` pixels per frame over a wider field (linear interpolation for
 fractional offsets).
@@ -116,6 +118,10 @@ def canonical_fields(fields: dict) -> dict:
     if name in fields:
       fields[name] = float(fields[name])
   fields["background_varies"] = bool(fields["background_varies"])
+  if fields["background"] == "texture" and not fields["background_varies"]:
+    # 2: the held-out split shares the training crop (it used to crop the
+    # held-out region); a new key, so that no cache of the old arrays is read.
+    fields["background_version"] = 2
   return fields
 
 
@@ -211,7 +217,9 @@ def _field(level, height, width, canvas, rng, varies, intensity, split):
           -((y - cy) ** 2 + (x - cx) ** 2) / (2.0 * sigma ** 2))
   else:  # texture: the photograph's own contrast, not stretched (a flat
     # crop of sky would otherwise become amplified JPEG noise)
-    out, _ = _texture_crop(rng, height, width, split)
+    # One background for the dataset: the held-out split shares the
+    # training split's crop (both draw it from the same generator).
+    out, _ = _texture_crop(rng, height, width, split if varies else "train")
     return (out * np.float32(intensity)).astype(np.float32)
   out = out - out.min()
   return (out / (out.max() + 1e-6) * intensity).astype(np.float32)
