@@ -279,20 +279,16 @@ def infer_background(config: AIRConfig, params, slots: Slots, rng: jax.Array,
                      background_detail: jax.Array | None = None):
   """The background of each image (`background.infer`) from the LSTM's
   output after the last slot; None when `config.background == 'none'`.
-  With `background_detail` (a scalar in [0, 1]) the background is
+  With `background_detail` (a scalar in [0, 1]) the image-dependent part is
   `w * b + (1 - w) * mean(b)`, its spatial mean where `w = 0` (a warm-up)."""
   if config.background == "none":
     return None
   apply_fn = lambda method, *args: _call(
       config, params, AIRNetworks.background_step, method, *args)
-  back = background_lib.infer(
+  return background_lib.infer(
       apply_fn, config.background_latent_dim, slots.final_state.hidden, rng,
-      deterministic=deterministic, detach_samples=detach_samples)
-  if background_detail is not None:
-    flat = back.image.mean((-2, -1), keepdims=True)
-    back = back._replace(image=background_detail * back.image +
-                         (1.0 - background_detail) * flat)
-  return back
+      deterministic=deterministic, detach_samples=detach_samples,
+      detail=background_detail)
 
 
 class LogWeightTerms(NamedTuple):

@@ -118,9 +118,10 @@ def test_a_coarse_background_is_decoded_small_then_resized():
 
 
 def test_a_static_image_shifts_the_background_in_logit_space():
-  """`background_static`: `b = sigmoid(logit(b_coarse) + s)` per pixel
-  (scipy's logit and expit), `s` a learned `[H, W]` parameter that starts at
-  0, where `b` is the coarse background; without it there is no `s`."""
+  """`background_static`: `b = sigmoid(logit(b_coarse) + r * s)` per pixel
+  (scipy's logit and expit; `r = STATIC_RATE`), `s` a learned `[H, W]`
+  parameter that starts at 0, where `b` is the coarse background; without
+  it there is no `s`."""
   from scipy import special
   config = dataclasses.replace(TINY, background="mlp", background_resolution=4,
                                background_static=True)
@@ -140,9 +141,19 @@ def test_a_static_image_shifts_the_background_in_logit_space():
                              rtol=1e-5)
   shift = np.asarray(jax.random.normal(jax.random.key(2), (16, 16)))
   moved = {**params["background_net"], "static_logit": jnp.asarray(shift)}
-  np.testing.assert_allclose(decode(moved, True),
-                             special.expit(special.logit(coarse) + shift),
-                             rtol=1e-4, atol=1e-6)
+  expected = special.expit(special.logit(coarse) +
+                           background_lib.STATIC_RATE * shift)
+  np.testing.assert_allclose(decode(moved, True), expected, rtol=1e-4,
+                             atol=1e-6)
+  # The flat warm-up flattens the image-dependent part only: the static
+  # image, which every scene shares, is there from the start.
+  flat = background_lib.BackgroundNet("mlp", 16, TINY.mlp_size, 0, 4, True).apply(
+      {"params": moved}, hidden, 0.0, method="decode")
+  coarse_mean = coarse.mean((-2, -1), keepdims=True)
+  np.testing.assert_allclose(
+      flat, special.expit(special.logit(coarse_mean) +
+                          background_lib.STATIC_RATE * shift),
+      rtol=1e-4, atol=1e-6)
   with pytest.raises(ValueError, match="background_static"):
     dataclasses.replace(config, background_static=1)
 
