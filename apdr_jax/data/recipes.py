@@ -99,6 +99,33 @@ def _check_source(recipe, owner: str) -> None:
         f"{recipe.digit_size}.")
 
 
+def _canonical_json(recipe, floats_first=(), floats_after_ints=(),
+                    omit_defaults=None) -> str:
+  """A recipe's fields as canonical JSON (sorted keys, plain Python values).
+
+  The conversions are those each recipe's cache keys were made with, kept
+  so that no key changes: `floats_first` are floats even when given as
+  integers, `floats_after_ints` only when not integers (so `1` stays `1`),
+  and fields equal to their `omit_defaults` value are left out.
+  """
+  fields = {}
+  for field in dataclasses.fields(recipe):
+    value = getattr(recipe, field.name)
+    if field.name in floats_first:
+      value = float(value)
+    elif isinstance(value, (bool, np.bool_)):
+      value = bool(value)
+    elif _is_int(value):
+      value = int(value)
+    elif field.name in floats_after_ints:
+      value = float(value)
+    if (omit_defaults and field.name in omit_defaults
+        and value == omit_defaults[field.name]):
+      continue
+    fields[field.name] = value
+  return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
+
+
 @dataclasses.dataclass(frozen=True)
 class SceneRecipe:
   """Everything that determines a set of static scenes.
@@ -183,15 +210,7 @@ class SceneRecipe:
     Returns:
       A string that is equal for equal recipes; the cache key hashes it.
     """
-    fields = {}
-    for field in dataclasses.fields(self):
-      value = getattr(self, field.name)
-      if field.name == "max_iou":
-        value = float(value)
-      elif _is_int(value):
-        value = int(value)
-      fields[field.name] = value
-    return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
+    return _canonical_json(self, floats_first=("max_iou",))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -312,17 +331,9 @@ class SequenceRecipe:
     Returns:
       A string that is equal for equal recipes; the cache key hashes it.
     """
-    fields = {}
-    for field in dataclasses.fields(self):
-      value = getattr(self, field.name)
-      if isinstance(value, (bool, np.bool_)):
-        value = bool(value)
-      elif _is_int(value):
-        value = int(value)
-      elif field.name in ("speed_min", "speed_max", "velocity_noise",
-                          "enter_leave_fraction"):
-        value = float(value)
-      if field.name == "enter_leave_fraction" and value == 1.0:
-        continue  # the default: recipes from before the field keep their key
-      fields[field.name] = value
-    return json.dumps(backgrounds_lib.canonical_fields(fields), sort_keys=True)
+    # An enter_leave_fraction of 1 is the default: recipes from before the
+    # field keep their key.
+    return _canonical_json(
+        self, floats_after_ints=("speed_min", "speed_max", "velocity_noise",
+                                 "enter_leave_fraction"),
+        omit_defaults={"enter_leave_fraction": 1.0})
