@@ -21,8 +21,8 @@ Two ways to get `b` from `h^N`:
 
 With `background_static`, `b` also has a full-resolution part that is a
 parameter of the model rather than a function of the image:
-`b = sigmoid(logit(b_coarse) + s)`, `s [H, W]` learned (starting at 0, where
-`b = b_coarse`). One image shared by all scenes cannot draw their digits
+`b = sigmoid(logit(b_coarse) + STATIC_RATE * s)`, `s [H, W]` learned
+(starting at 0, where `b = b_coarse`). One image shared by all scenes cannot draw their digits
 (they move), but it can draw a background that every scene shares in full
 detail, which a coarse `b_coarse` cannot (docs/backgrounds.md: on one fixed
 photograph the objects took its detail and every scene was over-counted).
@@ -39,6 +39,7 @@ from typing import NamedTuple
 
 import flax.linen as nn
 import jax
+import jax.scipy.special  # noqa: F401  (jax.scipy.special.logit)
 import jax.numpy as jnp
 
 from apdr_jax import distributions as dist
@@ -159,7 +160,7 @@ class BackgroundNet(nn.Module):
       # In logit space, so that b stays in (0, 1); the clip keeps the logit
       # finite where the coarse part saturates.
       coarse = jnp.clip(background, _CLIP, 1.0 - _CLIP)
-      background = jax.nn.sigmoid(jnp.log(coarse) - jnp.log1p(-coarse) +
+      background = jax.nn.sigmoid(jax.scipy.special.logit(coarse) +
                                   STATIC_RATE * self.static_logit)
     return background
 
