@@ -110,6 +110,10 @@ def get_config() -> ml_collections.ConfigDict:
   # on AIR's encoding of the new glimpse ('encoder'; see apdr.APDRConfig).
   config.apdr.what_refresh = "previous"
   config.apdr.what_transition_scale_init = 0.0  # prior's z_what std; 0 = above
+  # The prior's survival probability of an object that drew less ink than
+  # this is scaled down in proportion (see apdr.APDRConfig.survival_ink).
+  config.apdr.survival_ink = 0.0
+  config.apdr.survival_ink_q = False  # q's survival scaled by the same factor
   # Curriculum on sequence length: start with this many frames and add one
   # every `curriculum_steps_per_frame` steps (0 = all frames from the start).
   config.curriculum_start_frames = 0

@@ -455,7 +455,7 @@ def _head(p, name):
 
 
 def _exact_elbo(p, image_seq, drop_survival_prior=False,
-                glimpse_at="previous"):
+                glimpse_at="previous", psi=PSI, pi_p=PI_P):
   """The exact sequence ELBO, by a sum over every discrete history."""
   a, n_max = TINY_AIR, TINY.num_slots
   where_prior = (np.array([a.scale_prior_mean, 0, 0]),
@@ -487,10 +487,10 @@ def _exact_elbo(p, image_seq, drop_survival_prior=False,
     new_dist = {}
     for m, p_m in m_dist.items():
       for bits in itertools.product([0, 1], repeat=m):
-        q_bits = np.prod([bern(PI_P, b) for b in bits])
+        q_bits = np.prod([bern(pi_p, b) for b in bits])
         prior = 0.0 if drop_survival_prior else sum(
-            np.log(bern(PSI, b)) for b in bits)
-        term_bits = prior - sum(np.log(bern(PI_P, b)) + b * kl_prop
+            np.log(bern(psi, b)) for b in bits)
+        term_bits = prior - sum(np.log(bern(pi_p, b)) + b * kl_prop
                                 for b in bits)
         k = sum(bits)
         for n in range(n_max - k + 1):
@@ -554,6 +554,29 @@ def test_enumeration_tells_the_two_propagation_glimpses_apart(enumerable):
   wrong = _exact_elbo(p, image_seq, glimpse_at=other)
   log_weight = np.asarray(out.terms.sum(-1), np.float64)
   stderr = log_weight.std() / np.sqrt(NUM_MC)
+  assert abs(log_weight.mean() - wrong) > 4 * stderr
+
+
+@pytest.mark.parametrize("in_q", [False, True])
+def test_enumeration_with_the_ink_survival_factor(in_q):
+  """With `survival_ink` the decoder's near-zero drawings put every prior
+  survival probability at PSI times the floor 1e-3 (and q's at PI_P times
+  it with `survival_ink_q`): the log-weights match that model's exact ELBO,
+  and not the ELBO without the factor where it applies."""
+  config = dataclasses.replace(TINY, survival_ink=1.0, survival_ink_q=in_q)
+  p = _enumerable_params(jax.random.key(0), config)
+  image_seq = jax.random.uniform(jax.random.key(7), (FRAMES, 16, 16))
+  images = jnp.broadcast_to(image_seq, (NUM_MC,) + image_seq.shape)
+  out = jax.jit(lambda p, x, k: apdr.log_weight_terms(config, p, x, k, RHO))(
+      p, images, jax.random.key(8))
+  log_weight = np.asarray(out.terms.sum(-1), np.float64)
+  stderr = log_weight.std() / np.sqrt(NUM_MC)
+  exact = _exact_elbo(p, image_seq, psi=PSI * 1e-3,
+                      pi_p=PI_P * (1e-3 if in_q else 1.0))
+  assert abs(log_weight.mean() - exact) < 4 * stderr + 1e-3
+  # The model without the factor (in q, the one with the prior's alone).
+  wrong = (_exact_elbo(p, image_seq, psi=PSI * 1e-3) if in_q else
+           _exact_elbo(p, image_seq))
   assert abs(log_weight.mean() - wrong) > 4 * stderr
 
 

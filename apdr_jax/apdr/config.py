@@ -89,6 +89,19 @@ class APDRConfig:
       of AIR's encoder (`what_transition_scale_init`).
     what_transition_scale_init: initial std of the prior's transition of
       `z_what` (0 = `transition_scale_init`).
+    survival_ink: the prior's survival probability of an object that drew
+      less ink than this on the previous frame (the sum of its own
+      rendering on the canvas, in pixel intensities) is scaled down in
+      proportion, `p = sigmoid(f(h)) * clip(ink / survival_ink, 1e-3, 1)`:
+      an object that draws nothing (a digit that has left, a blank
+      "ghost") then costs about `-log(ink / survival_ink)` nats a frame to
+      keep, where the likelihood, which does not see it, charged nothing.
+      0 = off (the prior ignores the ink).
+    survival_ink_q: q's survival probability is scaled by the same factor
+      (a function of the past, so the bound holds): q then forgets an
+      object that drew nothing without having to learn to, where VIMCO
+      rarely samples a forgetting to learn from (measured: with the prior's
+      factor alone q kept its ghosts).
   """
   air: air.AIRConfig
   hidden_size: int = 256
@@ -111,6 +124,8 @@ class APDRConfig:
   residual_gain: float = 1.0
   what_refresh: str = "previous"
   what_transition_scale_init: float = 0.0
+  survival_ink: float = 0.0
+  survival_ink_q: bool = False
 
   def __post_init__(self):
     if self.discovery_input not in ("residual", "image"):
@@ -140,6 +155,10 @@ class APDRConfig:
     if self.what_transition_scale_init < 0:
       raise ValueError(f"what_transition_scale_init="
                        f"{self.what_transition_scale_init} must be >= 0")
+    if self.survival_ink < 0:
+      raise ValueError(f"survival_ink={self.survival_ink} must be >= 0")
+    if self.survival_ink_q and not self.survival_ink:
+      raise ValueError("survival_ink_q needs survival_ink > 0")
     if self.residual_gain < 0:
       raise ValueError(f"residual_gain={self.residual_gain} must be >= 0")
     if self.ink_tracking_steps < 0 or self.ink_fit_steps < 0:

@@ -67,7 +67,8 @@ class FrameOutputs(NamedTuple):
     baseline: `[batch, 2N + 1]`, NVIL's baseline per decision.
     log_likelihood: `[batch]`.
     kl: `[batch]`, `log q - log p` of the frame's latents.
-    objects: the frame's compacted `Objects` (without the prior state).
+    z_where, z_what, presence, ids: the frame's compacted objects
+      (`[batch, N, 3]`, `[batch, N, D]`, `[batch, N]`, `[batch, N]`).
     num_propagated: `[batch]`, `k_t`.
     num_discovered: `[batch]`, `n_t`.
     canvas: `[batch, H, W]` or None, the reconstruction (`air.composite`,
@@ -87,6 +88,7 @@ class FrameOutputs(NamedTuple):
   log_likelihood: jax.Array
   kl: jax.Array
   z_where: jax.Array
+  z_what: jax.Array
   presence: jax.Array
   ids: jax.Array
   num_propagated: jax.Array
@@ -194,7 +196,7 @@ def frame_step(config: APDRConfig, params, carry: Carry, image: jax.Array,
   outputs = FrameOutputs(
       terms, score_log_q, baseline, log_lik,
       prop_kl.sum(-1) + disc_kl.sum(-1) + back_log_q - back_log_p,
-      objects.z_where, objects.presence,
+      objects.z_where, objects.z_what, objects.presence,
       objects.ids, num_propagated, num_discovered,
       canvas if with_canvas else None, prop.q_survival, prop.prior_survival,
       log_lik + back_log_p + (prop.log_p_presence + prop.log_p_z +

@@ -12,6 +12,7 @@ from apdr_jax.apdr.frame import compact
 from apdr_jax.apdr.frame import frame_step
 from apdr_jax.apdr.networks import APDRNetworks
 from apdr_jax.apdr.networks import call
+from apdr_jax.apdr.propagation import ink_visibility
 from apdr_jax.apdr.propagation import prior_where_offset
 from apdr_jax.apdr.sequence import image_gates
 from apdr_jax.apdr.state import Carry
@@ -66,6 +67,7 @@ def predict(config: APDRConfig, params, images: jax.Array, num_future: int,
     survival, (where_loc, where_scale), (what_loc, what_scale) = net(
         APDRNetworks.prior_heads, state.hidden,
         prior_where_offset(config, objects), objects.z_what)
+    survival = survival * ink_visibility(config, params, objects)
     if deterministic:
       alive = (survival > 0.5).astype(survival.dtype) * objects.presence
       z_where, z_what = where_loc, what_loc

@@ -36,6 +36,39 @@ def _prior(config: APDRConfig, params, prev: Objects):
                               prior_where_offset(config, prev), prev.z_what)
 
 
+# The survival factor of an object that drew nothing: keeping it costs
+# -log(1e-3) = 6.9 nats a frame, and log p stays finite.
+_INK_FLOOR = 1e-3
+
+
+def drawn_ink(config: APDRConfig, params, objects: Objects) -> jax.Array:
+  """`[batch, N]`: the ink each object draws on the canvas, the sum of its
+  own rendering (what falls beyond the canvas's edges is lost), whether or
+  not it is present."""
+  a = config.air
+  batch, n = objects.presence.shape
+  decoded = air.decode(a, params["air"], objects.z_what)
+  flat = decoded.reshape((batch * n, 1) + decoded.shape[-2:])
+  z_where = objects.z_where.reshape(batch * n, 1, 3)
+  if a.render_method == "separable":
+    drawn = glimpse.render_sum(flat, z_where, jnp.ones((batch * n, 1)),
+                               a.canvas_size, a.canvas_size)
+  else:
+    drawn = glimpse.render(flat[:, 0], z_where[:, 0], a.canvas_size,
+                           a.canvas_size, a.render_method)
+  return drawn.sum((-2, -1)).reshape(batch, n)
+
+
+def ink_visibility(config: APDRConfig, params, objects: Objects):
+  """The factor on each object's prior survival probability, `[batch, N]`
+  (`APDRConfig.survival_ink`; 1 when it is off)."""
+  if not config.survival_ink:
+    return jnp.ones_like(objects.presence)
+  with jax.named_scope("survival_ink"):
+    ink = drawn_ink(config, params, objects)
+    return jnp.clip(ink / config.survival_ink, _INK_FLOOR, 1.0)
+
+
 def _anchor(config: APDRConfig, params, image: jax.Array, prev: Objects,
             prior_where_loc: jax.Array) -> jax.Array:
   """Where q looks for each object, `[batch, N, 3]`; its z_where is an offset
@@ -68,6 +101,7 @@ class _ObjectInputs(NamedTuple):
   anchor: jax.Array
   z_what: jax.Array
   prior_hidden: jax.Array
+  visibility: jax.Array  # the survival factor of `survival_ink_q`, or 1
   active: jax.Array
   keep: jax.Array
   rng: jax.Array
@@ -105,6 +139,7 @@ def _propagate_object(config: APDRConfig, params, image: jax.Array,
                temporal.hidden, relation.hidden, inputs.prior_hidden)
   raw_prob, (where_loc, where_scale) = net(APDRNetworks.prop_heads, hidden,
                                            where_anchor)
+  raw_prob = raw_prob * inputs.visibility
   prob = jnp.maximum(raw_prob, min_survival)
   presence, z_where = air.sample_presence_and_where(
       presence_key, where_key, prob, where_loc, where_scale, active,
@@ -179,6 +214,10 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
   with jax.named_scope("prior"):
     prior_state, survival, (p_where_loc, p_where_scale), (
         p_what_loc, p_what_scale) = _prior(config, params, prev)
+    visibility = ink_visibility(config, params, prev)
+    survival = survival * visibility
+  q_visibility = (visibility if config.survival_ink_q
+                  else jnp.ones_like(visibility))
   anchor = _anchor(config, params, image, prev, p_where_loc)
   q_prior_hidden = prior_state.hidden
   if detach_samples:
@@ -187,6 +226,7 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     # parameters only (`objectives.rws`).
     anchor = jax.lax.stop_gradient(anchor)
     q_prior_hidden = jax.lax.stop_gradient(q_prior_hidden)
+    q_visibility = jax.lax.stop_gradient(q_visibility)
   explain_away = config.propagation_input == "residual"
   if explain_away:
     features = jnp.zeros((batch, n, 0))  # computed inside the scan
@@ -207,7 +247,8 @@ def propagate(config: APDRConfig, params, image: jax.Array, carry: Carry,
     (relation, canvas), outputs = jax.lax.scan(
         step, (relation0, jnp.zeros_like(image)),
         _ObjectInputs(swap(features), swap(anchor), swap(prev.z_what),
-                      swap(q_prior_hidden), swap(prev.presence),
+                      swap(q_prior_hidden), swap(q_visibility),
+                      swap(prev.presence),
                       swap(keep), jax.random.split(rng, n)), unroll=True)
   z_where, z_what, presence, log_q_presence, log_q_z, baseline, q_survival = (
       swap(x) for x in outputs)
