@@ -45,17 +45,9 @@ def drawn_ink(config: APDRConfig, params, objects: Objects) -> jax.Array:
   """`[batch, N]`: the ink each object draws on the canvas, the sum of its
   own rendering (what falls beyond the canvas's edges is lost), whether or
   not it is present."""
-  a = config.air
   batch, n = objects.presence.shape
-  decoded = air.decode(a, params["air"], objects.z_what)
-  flat = decoded.reshape((batch * n, 1) + decoded.shape[-2:])
-  z_where = objects.z_where.reshape(batch * n, 1, 3)
-  if a.render_method == "separable":
-    drawn = glimpse.render_sum(flat, z_where, jnp.ones((batch * n, 1)),
-                               a.canvas_size, a.canvas_size)
-  else:
-    drawn = glimpse.render(flat[:, 0], z_where[:, 0], a.canvas_size,
-                           a.canvas_size, a.render_method)
+  drawn = _draw(config, params, objects.z_what.reshape(batch * n, -1),
+                objects.z_where.reshape(batch * n, 3), jnp.ones(batch * n))
   return drawn.sum((-2, -1)).reshape(batch, n)
 
 

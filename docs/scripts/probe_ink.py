@@ -4,7 +4,8 @@ import sys
 import numpy as np, jax, jax.numpy as jnp
 from scipy import optimize
 import apdr_jax
-from apdr_jax import input_pipeline, air, glimpse, sequence_evaluation as se
+from apdr_jax import apdr, input_pipeline, sequence_evaluation as se
+from apdr_jax.apdr import propagation
 
 workdir, split, num = sys.argv[1], sys.argv[2], int(sys.argv[3])
 model = apdr_jax.load(workdir)
@@ -12,18 +13,14 @@ mc, params = model.model_config, model.params
 train, test = input_pipeline.load_data(model.config)
 d = train if split == "train" else test
 x = np.asarray(d["images"][:num]).astype(np.float32) / 255
-a = mc.air
-@jax.jit
-def own_ink(params, z_what, z_where):
-  dec = air.decode(a, params["air"], z_what)
-  shp = dec.shape
-  r = glimpse.render_sum(dec.reshape((-1, 1) + shp[-2:]), z_where.reshape(-1, 1, 3),
-                         jnp.ones(z_where.reshape(-1, 1, 3).shape[:2]), a.canvas_size, a.canvas_size)
-  return r.reshape(shp[:-2] + r.shape[-2:]).sum((-1, -2))
-f = jax.device_get(se.apdr_modes(mc, params, jnp.asarray(x[:100]), False))
-f2 = jax.device_get(se.apdr_modes(mc, params, jnp.asarray(x[100:num]), False))
-pres = np.concatenate([f.presence, f2.presence]); zw = np.concatenate([f.z_where, f2.z_where]); zwh = np.concatenate([f.z_what, f2.z_what])
-ink = np.asarray(own_ink(params, jnp.asarray(zwh), jnp.asarray(zw)))
+frames = [jax.device_get(se.apdr_modes(mc, params, jnp.asarray(x[i:i + 100]), False))
+          for i in range(0, num, 100)]
+pres, zw, zwh = (np.concatenate([getattr(f, k) for f in frames])
+                 for k in ("presence", "z_where", "z_what"))
+n = pres.shape[-1]
+objects = apdr.Objects(zw.reshape(-1, n, 3), zwh.reshape(-1, n, zwh.shape[-1]),
+                       pres.reshape(-1, n), None, None, None)
+ink = np.asarray(propagation.drawn_ink(mc, params, objects)).reshape(pres.shape)
 boxes = se.pixel_boxes(mc, zw)
 centre = lambda b: np.stack([(b[..., 0] + b[..., 2]) / 2, (b[..., 1] + b[..., 3]) / 2], -1)
 tb, tp = np.asarray(d["boxes"][:num]), np.asarray(d["presence"][:num]) > 0
